@@ -56,10 +56,11 @@ return args.Length == 0 ? Usage() : args[0] switch
     "gpu-tp" => Tessera.Bench.Gpu.TensorParallelComputeBench.Run(args[1..]),
     "gpu-pp" => Tessera.Bench.Gpu.PipelineBench.Run(args[1..]),
     "gpu-attention" => Tessera.Bench.Gpu.GpuAttentionBench.Run(args[1..]),
+    "gpu-gemm" => Tessera.Bench.Gpu.GpuMatMulBench.Run(args[1..]),
     "gpu-compile" => Tessera.Bench.Gpu.KernelPrecompileBench.Run(args[1..]),
     _ => Usage(),
 };
-static int Usage() { Console.Error.WriteLine("usage: GpuBenchLauncher gpu-train|gpu-decode|gpu-offload|gpu-tp|gpu-pp|gpu-attention|gpu-compile [options]"); return 2; }
+static int Usage() { Console.Error.WriteLine("usage: GpuBenchLauncher gpu-train|gpu-decode|gpu-offload|gpu-tp|gpu-pp|gpu-attention|gpu-gemm|gpu-compile [options]"); return 2; }
 CS
     dotnet build "$launcher/GpuBenchLauncher.csproj" -c Release -o "$dest/app" -v q -nologo
     rm -rf "$launcher"
@@ -85,6 +86,7 @@ CS
     cp bench/pytorch/timed_training.py "$dest/timed_training.py"   # the two peers import it from their folder
     cp bench/pytorch/batched_decode.py "$dest/batched_decode.py"
     cp bench/pytorch/hf_decode.py "$dest/hf_decode.py"
+    cp bench/pytorch/gemm.py "$dest/gemm.py"
     git rev-parse --short HEAD > "$dest/commit.txt"
     du -sh "$dest"
     ;;

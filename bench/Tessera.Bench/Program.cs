@@ -20,6 +20,8 @@ switch (args[0])
         return OffloadBench.Run(rest);
     case "gpu-attention":
         return GpuAttentionBench.Run(rest);
+    case "gpu-gemm":
+        return GpuMatMulBench.Run(rest);
     case "gpu-tp":
         return TensorParallelComputeBench.Run(rest);
     case "gpu-pp":
@@ -58,6 +60,7 @@ static int Usage(TextWriter w, int code)
     w.WriteLine("  gpu-pp     pipeline stages of llama-8b alone on the GPU at pp 2/4/8 and the schedules predicted from them (--stages), or");
     w.WriteLine("             the loss curve of pp 2 on CUDA thread ranks beside pp 1 (--curve N)");
     w.WriteLine("  pipeline-bubble  the idle fraction of GPipe, 1F1B and interleaved 1F1B on CPU thread ranks with fixed-cost stages, against the formulas");
+    w.WriteLine("  gpu-gemm       the training products, cuBLASLt against Tessera's Hopper kernel: ms, TFLOP/s");
     w.WriteLine("  gpu-attention  causal attention forward and backward, FlashAttention-2 kernels against the Hopper kernel: ms, TFLOP/s");
     w.WriteLine("  gpu-offload  one-GPU training with the AdamW state on the GPU or offloaded to the host (ZeRO-Offload)");
     w.WriteLine("         (the gpu-* commands take --cuda-options Name=value,... : the CUDA backend's options, e.g. ProfileOps=true)");

@@ -57,6 +57,21 @@ public sealed record CudaBackendOptions
     public bool HopperDecodeProducts { get; init; } = true;
 
     /// <summary>
+    /// Products of at least 128 rows of a (M, K) times b (N, K)^T with no fused epilogue but a bias (an nn.Linear's forward, the
+    /// training products' largest family), 16-bit, on a compute capability 9.0 device, run on Tessera's warp-specialized
+    /// persistent wgmma kernel (gemm_hopper.cu: a producer warpgroup copying tiles by the tensor memory accelerator, two consumer
+    /// warpgroups) instead of cuBLASLt. It is the start of a product of ours at cuBLASLt's rate, which the fusions cuBLASLt
+    /// cannot do need. Default false until it measures at least level with cuBLASLt (docs/benchmarks.md, session 44).
+    /// </summary>
+    public bool HopperTrainingProducts { get; init; }
+
+    /// <summary>
+    /// The output tile's columns on <see cref="HopperTrainingProducts"/>' kernel: 256 (128 accumulators a consumer thread, 4
+    /// stages of 48 KB) or 128 (64 accumulators, 6 stages of 32 KB). Default 256.
+    /// </summary>
+    public int HopperTrainingProductColumns { get; init; } = 256;
+
+    /// <summary>
     /// Under <see cref="DecodeProducts"/> on the wgmma kernel (<see cref="HopperDecodeProducts"/>), the products and their
     /// SwiGLU form copy their W and x tiles with the tensor memory accelerator: one thread issues each stage's copies
     /// through tensor maps, against the stage's transaction barrier, in place of every thread's 16-byte copies and their
@@ -454,6 +469,8 @@ public sealed record CudaBackendOptions
             throw new ArgumentException($"CUDA backend options: QuantizedDecodeProductCtasPerSm ({QuantizedDecodeProductCtasPerSm}) must be 1, 2 or 4");
         if (QuantizedDecodeProductNormMaxRows is < 0 or > 64)
             throw new ArgumentException($"CUDA backend options: QuantizedDecodeProductNormMaxRows ({QuantizedDecodeProductNormMaxRows}) must be 0 to 64");
+        if (HopperTrainingProductColumns is not (128 or 256))
+            throw new ArgumentException($"CUDA backend options: HopperTrainingProductColumns ({HopperTrainingProductColumns}) must be 128 or 256");
         if (MatrixVectorCtasPerSm is not (1 or 2))
             throw new ArgumentException($"CUDA backend options: MatrixVectorCtasPerSm ({MatrixVectorCtasPerSm}) must be 1 or 2");
         if (!Enum.IsDefined(MatMulSearch))
@@ -512,6 +529,8 @@ public sealed record CudaBackendOptions
         if (EarlyWeightLoads != d.EarlyWeightLoads) parts.Add($"{nameof(EarlyWeightLoads)}={Bool(EarlyWeightLoads)}");
         if (DecodeProducts != d.DecodeProducts) parts.Add($"{nameof(DecodeProducts)}={Bool(DecodeProducts)}");
         if (HopperDecodeProducts != d.HopperDecodeProducts) parts.Add($"{nameof(HopperDecodeProducts)}={Bool(HopperDecodeProducts)}");
+        if (HopperTrainingProducts != d.HopperTrainingProducts) parts.Add($"{nameof(HopperTrainingProducts)}={Bool(HopperTrainingProducts)}");
+        if (HopperTrainingProductColumns != d.HopperTrainingProductColumns) parts.Add(Invariant($"{nameof(HopperTrainingProductColumns)}={HopperTrainingProductColumns}"));
         if (DecodeProductTensorMaps != d.DecodeProductTensorMaps) parts.Add($"{nameof(DecodeProductTensorMaps)}={Bool(DecodeProductTensorMaps)}");
         if (QuantizedDecodeProducts != d.QuantizedDecodeProducts) parts.Add($"{nameof(QuantizedDecodeProducts)}={Bool(QuantizedDecodeProducts)}");
         if (Int4DecodeProductGroupSums != d.Int4DecodeProductGroupSums) parts.Add($"{nameof(Int4DecodeProductGroupSums)}={Bool(Int4DecodeProductGroupSums)}");
@@ -573,6 +592,8 @@ public sealed record CudaBackendOptions
         [nameof(EarlyWeightLoads)] = (o, v, s) => o with { EarlyWeightLoads = ParseBool(v, s) },
         [nameof(DecodeProducts)] = (o, v, s) => o with { DecodeProducts = ParseBool(v, s) },
         [nameof(HopperDecodeProducts)] = (o, v, s) => o with { HopperDecodeProducts = ParseBool(v, s) },
+        [nameof(HopperTrainingProducts)] = (o, v, s) => o with { HopperTrainingProducts = ParseBool(v, s) },
+        [nameof(HopperTrainingProductColumns)] = (o, v, s) => o with { HopperTrainingProductColumns = ParseInt(v, s) },
         [nameof(DecodeProductTensorMaps)] = (o, v, s) => o with { DecodeProductTensorMaps = ParseBool(v, s) },
         [nameof(QuantizedDecodeProducts)] = (o, v, s) => o with { QuantizedDecodeProducts = ParseBool(v, s) },
         [nameof(Int4DecodeProductGroupSums)] = (o, v, s) => o with { Int4DecodeProductGroupSums = ParseBool(v, s) },

@@ -40,7 +40,7 @@ public sealed class KernelLibrary : IDisposable
     /// Kernel files written for one architecture's own instructions (wgmma on compute capability 9.0), compiled for its
     /// architecture-specific target (sm_90a), which runs on that architecture only; every other file keeps the portable one.
     /// </summary>
-    public static IReadOnlySet<string> ArchitectureSpecificFiles { get; } = new HashSet<string> { "flash_attention_hopper.cu", "decode_gemm_hopper.cu" };
+    public static IReadOnlySet<string> ArchitectureSpecificFiles { get; } = new HashSet<string> { "flash_attention_hopper.cu", "decode_gemm_hopper.cu", "gemm_hopper.cu" };
 
     /// <summary>
     /// Kernel files compiled after another file whose definitions they use, as modules of their own (so that the other file's

@@ -48,6 +48,11 @@ template <int N> __device__ __forceinline__ void fence_registers(unsigned* r)
     for (int i = 0; i < N; i++) HOPPER_ASM("" : "+r"(r[i])::"memory");
 }
 
+// Warp-specialized kernels: a warpgroup gives registers back (a producer) or takes them (the consumers); every thread of the
+// warpgroup executes it, and the counts (multiples of 8, 24 to 256) must fit the register file with the CTA's other warpgroups.
+template <int R> __device__ __forceinline__ void warpgroup_registers_down() { HOPPER_ASM("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(R)); }
+template <int R> __device__ __forceinline__ void warpgroup_registers_up() { HOPPER_ASM("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(R)); }
+
 // The tensor memory accelerator (TMA) and transaction barriers. A CUtensorMap is passed to a kernel by value
 // (const __grid_constant__ TensorMap) and a copy names it by its address; on the CPU emulation its 128 bytes hold the fields
 // that emu_tensor_map_2d writes. An mbarrier is 8 bytes of shared memory at a shared-space address; a phase completes when
@@ -70,6 +75,14 @@ __device__ __forceinline__ void mbar_arrive_expect_tx(unsigned bar, unsigned byt
     HOPPER_ASM("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
 #ifndef __CUDA_ARCH__
     emu_mbar_arrive_expect_tx(bar, bytes);
+#endif
+}
+// One arrival without transaction bytes (a consumer handing a stage back to its producer).
+__device__ __forceinline__ void mbar_arrive(unsigned bar)
+{
+    HOPPER_ASM("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+#ifndef __CUDA_ARCH__
+    emu_mbar_arrive(bar);
 #endif
 }
 // Returns once the phase of this parity has completed.
@@ -130,7 +143,9 @@ template <typename T, int N> struct Wgmma;
 #define WG_F32(d, i) WG_F8(d, i), WG_F8(d, i + 8), WG_F8(d, i + 16), WG_F8(d, i + 24)
 #define WG_ACC64(d) WG_F32(d, 0)
 #define WG_ACC128(d) WG_F32(d, 0), WG_F32(d, 32)
+#define WG_ACC256(d) WG_F32(d, 0), WG_F32(d, 32), WG_F32(d, 64), WG_F32(d, 96)
 #define WG_REGS64 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define WG_REGS256 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}"
 #define WG_REGS128 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
 
 template <> struct Wgmma<bf16, 64>
@@ -231,6 +246,30 @@ template <> struct Wgmma<f16, 128>
     }
 };
 
+// m64n256k16 from two shared-memory K-major operands (the training products, gemm_hopper.cu): 128 accumulators a thread.
+template <> struct Wgmma<bf16, 256>
+{
+    // d (64 x 256) = a (64 x 16, shared, K-major) * b (16 x 256, shared, K-major) (+ d when accumulate)
+    static __device__ __forceinline__ void ss(float* d, u64 a, u64 b, int accumulate)
+    {
+        HOPPER_ASM("{ .reg .pred p; setp.ne.b32 p, %130, 0; "
+                     "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 " WG_REGS256 ", %128, %129, p, 1, 1, 0, 0; }"
+                     : WG_ACC256(d) : "l"(a), "l"(b), "r"(accumulate));
+#ifndef __CUDA_ARCH__
+        emu_wgmma(d, 256, nullptr, a, false, b, false, accumulate != 0, emu_bf16_bits);
+#endif
+    }
+};
+template <> struct Wgmma<f16, 256>
+{
+    // d (64 x 256) = a (64 x 16, shared, K-major) * b (16 x 256, shared, K-major) (+ d when accumulate)
+    static __device__ __forceinline__ void ss(float* d, u64 a, u64 b, int accumulate)
+    {
+        HOPPER_ASM("{ .reg .pred p; setp.ne.b32 p, %130, 0; "
+                     "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 " WG_REGS256 ", %128, %129, p, 1, 1, 0, 0; }"
+                     : WG_ACC256(d) : "l"(a), "l"(b), "r"(accumulate));
+    }
+};
 
 // The dQ product of the backward: both operands transposed (stored as rows of k), N = 64.
 template <typename T> struct WgmmaT;

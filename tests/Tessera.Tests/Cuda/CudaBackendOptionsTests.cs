@@ -19,6 +19,8 @@ public sealed class CudaBackendOptionsTests
         EarlyWeightLoads = false,
         HopperDecodeProducts = false,
         DecodeProductTensorMaps = true,
+        HopperTrainingProducts = true,
+        HopperTrainingProductColumns = 128,
         QuantizedDecodeProducts = false,
         DecodeAttention = DecodeAttentionKernel.PerQueryHead,
         CrossEntropyThreadsPerRow = 512,
@@ -91,6 +93,7 @@ public sealed class CudaBackendOptionsTests
     }
 
     [Theory]
+    [InlineData("HopperTrainingProductColumns=64", "HopperTrainingProductColumns (64) must be 128 or 256")]
     [InlineData("MatrixVectorCtasPerSm=3", "MatrixVectorCtasPerSm (3) must be 1 or 2")]
     [InlineData("HopperAttentionWarpgroups=3", "HopperAttentionWarpgroups (3) must be 1 or 2, or 0 for the measured best")]
     [InlineData("PagedDecodeCtasPerSm=33", "PagedDecodeCtasPerSm (33) must be 1 to 32, or 0 for the kernel's occupancy")]

@@ -132,6 +132,21 @@ public sealed class KernelEmulationTests
             "HOPPER");
 
     /// <summary>
+    /// The training products' Hopper kernel (gemm_hopper.cu, with hopper.cuh): persistent CTAs, a producer warpgroup filling a
+    /// ring of stages through the tensor memory accelerator against transaction barriers, two consumer warpgroups on wgmma
+    /// m64n256k16 and m64n128k16 handing each stage back through a second barrier. Emulation/gemm_hopper.cpp runs it against a
+    /// double reference (tolerance 8e-3 of the largest output, a bf16 store) with every dimension short of a tile, N odd, fewer
+    /// CTAs than tiles, more k-tiles than stages, bias, alpha and beta; a wrong phase parity or an early hand-back shows as a
+    /// wrong sum or a barrier that never completes (the emulation aborts naming it).
+    /// </summary>
+    [Fact]
+    public void HopperTrainingProductsGiveTheReferenceResultsOnTheCpuEmulation() =>
+        RunEmulated(["hopper.cuh", "gemm_hopper.cu"], "gemm_hopper",
+            ["gemm_hopper_nt M=300 N=521 K=200 BN=256 ctas=2 bias=1 beta=1", "gemm_hopper_nt M=300 N=521 K=200 BN=256 ctas=2 bias=1 beta=1: pads",
+             "gemm_hopper_nt M=130 N=251 K=64 BN=128 ctas=3 bias=0 beta=0", "gemm_hopper_nt M=128 N=256 K=576 BN=256 ctas=1 bias=1 beta=0",
+             "gemm_hopper_nt M=256 N=384 K=448 BN=128 ctas=2 bias=0 beta=1"]);
+
+    /// <summary>
     /// Decoding's persistent matrix-vector kernels (gemv.cu) and the int8 dequantization (quantized.cu): the int8-weight form
     /// <c>gemv_stream_q8_*</c> (<see cref="CudaBackend.QuantizedMatMul"/> for 1 to 4 rows of x: scales[n] times x's sums with the
     /// int8 row, bias, beta 0 and 1, an addend read in place of y, x RMS-normalized as it is staged) at M = 1 to 4 in f32 and once

@@ -310,6 +310,16 @@ inline void emu_mbar_arrive_expect_tx(unsigned bar, unsigned bytes)
     b.pending--;
     emu_barrier_settle(b);
 }
+// mbarrier.arrive (no transaction bytes): a consumer handing a stage back.
+inline void emu_mbar_arrive(unsigned bar)
+{
+    std::lock_guard<std::mutex> hold(emu_barrier_lock);
+    auto& b = emu_barrier(bar);
+    if (b.expected == 0) { std::fprintf(stderr, "mbarrier at %u used before its init\n", bar); std::abort(); }
+    if (b.pending == 0) { std::fprintf(stderr, "mbarrier at %u: more arrivals than its count in one phase\n", bar); std::abort(); }
+    b.pending--;
+    emu_barrier_settle(b);
+}
 inline void emu_mbar_complete_tx(unsigned bar, unsigned bytes)
 {
     std::lock_guard<std::mutex> hold(emu_barrier_lock);

@@ -1,0 +1,68 @@
+using Tessera.Tensors;
+
+namespace Tessera.Cuda;
+
+// The training products on Tessera's own Hopper kernel (gemm_hopper.cu, CudaBackendOptions.HopperTrainingProducts): a (M, K)
+// times b (N, K)^T, the layout of an nn.Linear's forward, with a bias, alpha and beta, on a persistent warp-specialized wgmma
+// kernel whose tiles the tensor memory accelerator copies through tensor maps encoded per launch.
+public sealed unsafe partial class CudaBackend
+{
+    private const int HopperMatMulThreads = 384, HopperMatMulBlockRows = 128, HopperMatMulMinRows = 128;
+
+    /// <summary>
+    /// c (M, N) = alpha a (M, K) b (N, K)^T + bias + beta c on gemm_hopper.cu under <see cref="CudaBackendOptions.HopperTrainingProducts"/>;
+    /// false, with nothing enqueued, when the call does not fit it (then cuBLASLt runs it): rank 2, 16-bit of one dtype (c too),
+    /// a not transposed and b transposed, at least 128 rows, K a multiple of 8, unit column strides, a's and b's rows 16-byte
+    /// aligned (the tensor maps' strides and base addresses) and c's 4-byte aligned (its pairs' 32-bit stores).
+    /// </summary>
+    private bool TryHopperMatMul(Tensor a, Tensor b, Tensor c, bool transposeA, bool transposeB, double alpha, double beta, Tensor? bias)
+    {
+        if (!Options.HopperTrainingProducts || transposeA || !transposeB || a.Rank != 2 || b.Rank != 2 || c.Rank != 2) return false;
+        if (a.DType is not (DType.BF16 or DType.F16) || b.DType != a.DType || c.DType != a.DType) return false;
+        int m = a.Size(0), k = a.Size(1), n = b.Size(0);
+        if (m < HopperMatMulMinRows || n == 0 || k == 0 || k % 8 != 0 || b.Size(1) != k || c.Size(0) != m || c.Size(1) != n) return false;
+        if (a.Stride(1) != 1 || b.Stride(1) != 1 || c.Stride(1) != 1) return false;
+        if (a.Stride(0) % 8 != 0 || b.Stride(0) % 8 != 0 || c.Stride(0) % 2 != 0) return false;
+        ulong pa = Ptr(a), pb = Ptr(b), pc = Ptr(c);
+        if (pa % 16 != 0 || pb % 16 != 0 || pc % 4 != 0 || !BiasFits(bias, a.DType, n) || !UsesHopperTrainingProducts) return false;
+        int columns = Options.HopperTrainingProductColumns;
+        long tiles = (long)((m + HopperMatMulBlockRows - 1) / HopperMatMulBlockRows) * ((n + columns - 1) / columns);
+        uint grid = (uint)Math.Min(tiles, CudaDevice.MultiprocessorCount);
+        byte* maps = stackalloc byte[2 * 128 + 64];
+        byte* amap = (byte*)(((nint)maps + 63) & ~(nint)63), bmap = amap + 128;
+        EncodeTensorMap(amap, a.DType, pa, k, m, a.Stride(0), HopperMatMulBlockRows);
+        EncodeTensorMap(bmap, a.DType, pb, k, n, b.Stride(0), columns);
+        ulong pbias = PtrOrNull(bias);
+        long ldc = c.Stride(0);
+        float al = (float)alpha, be = (float)beta;
+        void** args = stackalloc void*[] { amap, bmap, &pbias, &pc, &m, &n, &k, &ldc, &al, &be };
+        Launch("gemm_hopper.cu", $"gemm_hopper_nt_{Suffix(a.DType, "MatMul")}_n{columns}", (grid, 1, 1), HopperMatMulThreads, args,
+            HopperMatMulShared(columns));
+        return true;
+    }
+
+    /// <summary>Dynamic shared memory of gemm_hopper.cu at <paramref name="columns"/> output columns a tile: its stages (4 of
+    /// 48 KB at 256 columns, 6 of 32 KB at 128), their two barriers each, and 1,024 bytes of slack to align the tiles.</summary>
+    private static uint HopperMatMulShared(int columns)
+    {
+        int stages = columns == 256 ? 4 : 6, stage = (HopperMatMulBlockRows + columns) * DecodeGemmTile * 2;
+        return (uint)(1024 + stages * (stage + 16));
+    }
+
+    private bool? _hopperTrainingProducts;
+    private string? _hopperTrainingProductsError;
+
+    /// <summary>Whether the training products can run on gemm_hopper.cu here (decided once: the device and the compile).</summary>
+    private bool UsesHopperTrainingProducts => _hopperTrainingProducts ??=
+        CudaDevice.ComputeCapability == (9, 0) && TryCompile("gemm_hopper.cu", out _hopperTrainingProductsError);
+
+    /// <summary>
+    /// Why the products run on cuBLASLt although <see cref="CudaBackendOptions.HopperTrainingProducts"/> asks for gemm_hopper.cu:
+    /// not compute capability 9.0, or NVRTC's log when the file does not compile for sm_90a; null when it runs (or was not
+    /// asked for).
+    /// </summary>
+    public string? HopperTrainingProductsUnavailableReason =>
+        !Options.HopperTrainingProducts || UsesHopperTrainingProducts ? null
+        : CudaDevice.ComputeCapability != (9, 0) ? $"the Hopper training products need compute capability 9.0; this device is {CudaDevice.Architecture}"
+        : _hopperTrainingProductsError;
+}

@@ -1,0 +1,78 @@
+// The training products' Hopper kernel (gemm_hopper.cu: persistent, a producer warpgroup issuing the tensor memory
+// accelerator's copies into a ring of stages, two consumer warpgroups on wgmma) in bf16 on the CPU emulation of CUDA
+// (cuda_emulation.h: transaction barriers, tensor-map copies and wgmma emulated; the warpgroups' threads run together, so
+// a wrong phase or a stage handed back early shows as a wrong sum or a barrier that never completes). Against a double
+// reference over the bf16 inputs: M, N and K each short of a tile (boxes past them arrive as zeros), N odd (the last
+// output stored alone), fewer CTAs than tiles (each CTA walks several, its ring crossing tile boundaries), more k-tiles
+// than stages (the ring wraps), both column widths (256 and 128), bias, alpha and beta = 1; the row stride's padding past
+// N is left untouched.
+// kernels.h is written by the test: the emulation, common.cuh, hopper.cuh, gemm_hopper.cu. Prints one line per check; the
+// exit code is the number of failures.
+#include "kernels.h"
+#include "emulation_check.h"
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+alignas(1024) unsigned char gh_raw[1 << 18];   // 256 KB: the kernel's stages (193 KB at 256 columns)
+
+// Values u uniform in [-scale, scale), rounded to bf16.
+static void fill(std::vector<bf16>& v, std::mt19937& rng, float scale)
+{
+    std::uniform_real_distribution<float> u(-1, 1);
+    for (auto& e : v) e = from_f<bf16>(scale * u(rng));
+}
+
+static void run(int M, int N, int K, int BN, int ctas, bool with_bias, float alpha, float beta)
+{
+    const unsigned seed = 11 + M * 7 + N * 3 + K + BN + ctas;
+    std::mt19937 rng(seed);
+    const int lda = K + 8, ldb = K + 16, ldc = (N + 7) & ~1;   // row strides past the rows (even for C): the kernel must use them
+    std::vector<bf16> a((size_t)M * lda), b((size_t)N * ldb), bias(N), c0((size_t)M * ldc);
+    fill(a, rng, 1.f); fill(b, rng, 0.1f); fill(bias, rng, 1.f); fill(c0, rng, 1.f);
+    std::vector<double> e((size_t)M * N);
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++)
+        {
+            double s = 0;
+            for (int k = 0; k < K; k++) s += (double)to_f(a[(size_t)m * lda + k]) * to_f(b[(size_t)n * ldb + k]);
+            e[(size_t)m * N + n] = alpha * s + (with_bias ? to_f(bias[n]) : 0.0) + beta * to_f(c0[(size_t)m * ldc + n]);
+        }
+    std::vector<bf16> c = c0;
+    TensorMap am, bm;   // the maps the host encodes: A (M rows of K) in boxes of 128 rows, B (N rows of K) in boxes of BN rows
+    emu_tensor_map_2d(&am, a.data(), K, M, (unsigned long long)lda * 2, 64, 128, 2);
+    emu_tensor_map_2d(&bm, b.data(), K, N, (unsigned long long)ldb * 2, 64, BN, 2);
+    emu_shared_base = gh_raw;
+    const bf16* pbias = with_bias ? bias.data() : nullptr;
+    bf16* pc = c.data();
+    long long lc = ldc;
+    auto launch = [&](auto kernel) { emu_launch(ctas, 384, [&] { kernel(am, bm, pbias, pc, M, N, K, lc, alpha, beta); }); };
+    if (BN == 256) launch(gemm_hopper_nt_bf16_n256);
+    else launch(gemm_hopper_nt_bf16_n128);
+    std::vector<float> got((size_t)M * N);
+    bool pads = true;
+    for (int m = 0; m < M; m++)
+    {
+        for (int n = 0; n < N; n++) got[(size_t)m * N + n] = to_f(c[(size_t)m * ldc + n]);
+        for (int n = N; n < ldc; n++) pads &= c[(size_t)m * ldc + n].x == c0[(size_t)m * ldc + n].x;
+    }
+    char name[120];
+    snprintf(name, sizeof name, "gemm_hopper_nt M=%d N=%d K=%d BN=%d ctas=%d bias=%d beta=%g", M, N, K, BN, ctas, with_bias ? 1 : 0, beta);
+    // Tolerance: C is stored in bf16 (2^-9 relative per value); the sums are fp32 over exact bf16 products, so 8e-3 of the
+    // largest output leaves margin, while a wrong row, column, k-tile or stage is O(1).
+    char extra[40];
+    snprintf(extra, sizeof extra, " (seed %u)", seed);
+    report_error(name, 64, errors_of(e.data(), got.data(), e.size()).relative(), 8e-3, "rel err", extra);
+    printf("%-64s %s\n", (std::string(name) + ": pads").c_str(), pads ? "ok" : "FAIL");
+    if (!pads) failures++;
+}
+
+int main()
+{
+    run(300, 521, 200, 256, 2, true, 0.5f, 1.f);    // 3 x 3 tiles on 2 CTAs; M, N (odd), K short of a tile
+    run(130, 251, 64, 128, 3, false, 1.f, 0.f);     // 2 x 2 tiles on 3 CTAs (one idle after its tile)
+    run(128, 256, 576, 256, 1, true, 1.f, 0.f);     // one tile, 9 k-tiles through 4 stages
+    run(256, 384, 448, 128, 2, false, 2.f, 1.f);    // 2 x 3 tiles, 7 k-tiles through 6 stages, across tiles
+    return failures;
+}
