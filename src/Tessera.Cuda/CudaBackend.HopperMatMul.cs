@@ -4,7 +4,8 @@ namespace Tessera.Cuda;
 
 // The training products on Tessera's own Hopper kernel (gemm_hopper.cu, CudaBackendOptions.HopperTrainingProducts): a (M, K)
 // times b (N, K)^T, the layout of an nn.Linear's forward, with a bias, alpha and beta, on a persistent warp-specialized wgmma
-// kernel whose tiles the tensor memory accelerator copies through tensor maps encoded per launch.
+// kernel whose tiles the tensor memory accelerator copies through tensor maps encoded per launch; in clusters of two CTAs
+// sharing B's tiles by multicast (CudaBackendOptions.HopperTrainingProductMulticast).
 public sealed unsafe partial class CudaBackend
 {
     private const int HopperMatMulThreads = 384, HopperMatMulBlockRows = 128, HopperMatMulMinRows = 128;
@@ -25,28 +26,35 @@ public sealed unsafe partial class CudaBackend
         if (a.Stride(0) % 8 != 0 || b.Stride(0) % 8 != 0 || c.Stride(0) % 2 != 0) return false;
         ulong pa = Ptr(a), pb = Ptr(b), pc = Ptr(c);
         if (pa % 16 != 0 || pb % 16 != 0 || pc % 4 != 0 || !BiasFits(bias, a.DType, n) || !UsesHopperTrainingProducts) return false;
-        int columns = Options.HopperTrainingProductColumns;
-        long tiles = (long)((m + HopperMatMulBlockRows - 1) / HopperMatMulBlockRows) * ((n + columns - 1) / columns);
-        uint grid = (uint)Math.Min(tiles, CudaDevice.MultiprocessorCount);
-        byte* maps = stackalloc byte[2 * 128 + 64];
-        byte* amap = (byte*)(((nint)maps + 63) & ~(nint)63), bmap = amap + 128;
+        int columns = Options.HopperTrainingProductColumns, cluster = Options.HopperTrainingProductMulticast ? 2 : 1;
+        long units = (long)((m + HopperMatMulBlockRows * cluster - 1) / (HopperMatMulBlockRows * cluster)) * ((n + columns - 1) / columns);
+        byte* maps = stackalloc byte[3 * 128 + 64];
+        byte* amap = (byte*)(((nint)maps + 63) & ~(nint)63), bmap = amap + 128, cmap = bmap + 128;
         EncodeTensorMap(amap, a.DType, pa, k, m, a.Stride(0), HopperMatMulBlockRows);
-        EncodeTensorMap(bmap, a.DType, pb, k, n, b.Stride(0), columns);
-        ulong pbias = PtrOrNull(bias);
+        EncodeTensorMap(bmap, a.DType, pb, k, n, b.Stride(0), columns / cluster);   // each CTA of a cluster copies its share of B's rows
         long ldc = c.Stride(0);
+        // Staged stores: c's 64 x 64 boxes by the tensor memory accelerator, which needs its rows 16-byte aligned.
+        int staged = Options.HopperTrainingProductStagedStores && ldc % 8 == 0 && pc % 16 == 0 ? 1 : 0;
+        if (staged != 0) EncodeTensorMap(cmap, a.DType, pc, n, m, ldc, 64);
+        ulong pbias = PtrOrNull(bias);
         float al = (float)alpha, be = (float)beta;
-        void** args = stackalloc void*[] { amap, bmap, &pbias, &pc, &m, &n, &k, &ldc, &al, &be };
-        Launch("gemm_hopper.cu", $"gemm_hopper_nt_{Suffix(a.DType, "MatMul")}_n{columns}", (grid, 1, 1), HopperMatMulThreads, args,
-            HopperMatMulShared(columns));
+        void** args = stackalloc void*[] { amap, bmap, cmap, &pbias, &pc, &m, &n, &k, &ldc, &al, &be, &staged };
+        string kernel = $"gemm_hopper_nt{(cluster > 1 ? "_mc" : "")}_{Suffix(a.DType, "MatMul")}_n{columns}";
+        if (cluster > 1)   // persistent clusters: as many as run at once (the GPCs decide how many pairs fit), each walking units
+            LaunchCluster("gemm_hopper.cu", kernel, units, (uint)cluster, HopperMatMulThreads, args, HopperMatMulShared(columns));
+        else
+            Launch("gemm_hopper.cu", kernel, ((uint)Math.Min(units, CudaDevice.MultiprocessorCount), 1, 1), HopperMatMulThreads, args,
+                HopperMatMulShared(columns));
         return true;
     }
 
     /// <summary>Dynamic shared memory of gemm_hopper.cu at <paramref name="columns"/> output columns a tile: its stages (4 of
-    /// 48 KB at 256 columns, 6 of 32 KB at 128), their two barriers each, and 1,024 bytes of slack to align the tiles.</summary>
+    /// 48 KB at 256 columns, 6 of 32 KB at 128), four 8 KB epilogue buffers, the stages' two barriers each, and 1,024 bytes of
+    /// slack to align the tiles: 225 KB either way.</summary>
     private static uint HopperMatMulShared(int columns)
     {
         int stages = columns == 256 ? 4 : 6, stage = (HopperMatMulBlockRows + columns) * DecodeGemmTile * 2;
-        return (uint)(1024 + stages * (stage + 16));
+        return (uint)(1024 + stages * (stage + 16) + 4 * 64 * 64 * 2);
     }
 
     private bool? _hopperTrainingProducts;

@@ -72,6 +72,20 @@ public sealed record CudaBackendOptions
     public int HopperTrainingProductColumns { get; init; } = 256;
 
     /// <summary>
+    /// On <see cref="HopperTrainingProducts"/>' kernel, thread-block clusters of two CTAs that take adjacent row tiles of one
+    /// column tile, each copying half of B's tile into both (the tensor memory accelerator's multicast): B crosses from L2
+    /// once for two CTAs. False runs one CTA a cluster, each copying its own B. Default true.
+    /// </summary>
+    public bool HopperTrainingProductMulticast { get; init; } = true;
+
+    /// <summary>
+    /// On <see cref="HopperTrainingProducts"/>' kernel, the output tile goes through shared memory, 64 x 64 at a time, and the
+    /// tensor memory accelerator stores it while the consumers go on (where c's rows are 16-byte aligned); false stores each
+    /// lane's fragment pairs straight to global memory. Default true.
+    /// </summary>
+    public bool HopperTrainingProductStagedStores { get; init; } = true;
+
+    /// <summary>
     /// Under <see cref="DecodeProducts"/> on the wgmma kernel (<see cref="HopperDecodeProducts"/>), the products and their
     /// SwiGLU form copy their W and x tiles with the tensor memory accelerator: one thread issues each stage's copies
     /// through tensor maps, against the stage's transaction barrier, in place of every thread's 16-byte copies and their
@@ -530,6 +544,8 @@ public sealed record CudaBackendOptions
         if (DecodeProducts != d.DecodeProducts) parts.Add($"{nameof(DecodeProducts)}={Bool(DecodeProducts)}");
         if (HopperDecodeProducts != d.HopperDecodeProducts) parts.Add($"{nameof(HopperDecodeProducts)}={Bool(HopperDecodeProducts)}");
         if (HopperTrainingProducts != d.HopperTrainingProducts) parts.Add($"{nameof(HopperTrainingProducts)}={Bool(HopperTrainingProducts)}");
+        if (HopperTrainingProductMulticast != d.HopperTrainingProductMulticast) parts.Add($"{nameof(HopperTrainingProductMulticast)}={Bool(HopperTrainingProductMulticast)}");
+        if (HopperTrainingProductStagedStores != d.HopperTrainingProductStagedStores) parts.Add($"{nameof(HopperTrainingProductStagedStores)}={Bool(HopperTrainingProductStagedStores)}");
         if (HopperTrainingProductColumns != d.HopperTrainingProductColumns) parts.Add(Invariant($"{nameof(HopperTrainingProductColumns)}={HopperTrainingProductColumns}"));
         if (DecodeProductTensorMaps != d.DecodeProductTensorMaps) parts.Add($"{nameof(DecodeProductTensorMaps)}={Bool(DecodeProductTensorMaps)}");
         if (QuantizedDecodeProducts != d.QuantizedDecodeProducts) parts.Add($"{nameof(QuantizedDecodeProducts)}={Bool(QuantizedDecodeProducts)}");
@@ -594,6 +610,8 @@ public sealed record CudaBackendOptions
         [nameof(HopperDecodeProducts)] = (o, v, s) => o with { HopperDecodeProducts = ParseBool(v, s) },
         [nameof(HopperTrainingProducts)] = (o, v, s) => o with { HopperTrainingProducts = ParseBool(v, s) },
         [nameof(HopperTrainingProductColumns)] = (o, v, s) => o with { HopperTrainingProductColumns = ParseInt(v, s) },
+        [nameof(HopperTrainingProductMulticast)] = (o, v, s) => o with { HopperTrainingProductMulticast = ParseBool(v, s) },
+        [nameof(HopperTrainingProductStagedStores)] = (o, v, s) => o with { HopperTrainingProductStagedStores = ParseBool(v, s) },
         [nameof(DecodeProductTensorMaps)] = (o, v, s) => o with { DecodeProductTensorMaps = ParseBool(v, s) },
         [nameof(QuantizedDecodeProducts)] = (o, v, s) => o with { QuantizedDecodeProducts = ParseBool(v, s) },
         [nameof(Int4DecodeProductGroupSums)] = (o, v, s) => o with { Int4DecodeProductGroupSums = ParseBool(v, s) },

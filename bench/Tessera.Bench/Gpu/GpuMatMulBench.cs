@@ -8,7 +8,9 @@ namespace Tessera.Bench.Gpu;
 /// <summary>
 /// The training products alone on one GPU, bf16: cuBLASLt (the default backend, its heuristic's algorithm timed among the
 /// first candidates as the trainer chooses it) against Tessera's Hopper kernel (gemm_hopper.cu,
-/// <see cref="CudaBackendOptions.HopperTrainingProducts"/>) at each output tile width, on the same random inputs in backends of
+/// <see cref="CudaBackendOptions.HopperTrainingProducts"/>) at 128 x 256 tiles in clusters of two sharing B by multicast and
+/// without, the output staged through shared memory or stored from registers, and at 128 x 128 in clusters, on the same
+/// random inputs in backends of
 /// one process: c (M, N) = a (M, K) b (N, K)^T, an nn.Linear's forward. Per shape: median milliseconds over --reps runs after
 /// 3 warm-ups (CUDA events on each backend's stream), TFLOP/s (2 M N K), and each output's norm-wise relative difference from
 /// cuBLASLt's. bench/pytorch/gemm.py times torch.matmul at the same shapes (the peer, in the same device call).
@@ -35,11 +37,19 @@ public static class GpuMatMulBench
             }
         }
         using var cublas = new CudaBackend(0, baseOptions with { HopperTrainingProducts = false });
-        using var wide = new CudaBackend(0, baseOptions with { HopperTrainingProducts = true, HopperTrainingProductColumns = 256 });
-        using var narrow = new CudaBackend(0, baseOptions with { HopperTrainingProducts = true, HopperTrainingProductColumns = 128 });
-        Console.WriteLine($"device: {cublas.CudaDevice}; gemm_hopper: {wide.HopperTrainingProductsUnavailableReason ?? "runs"}");
-        Console.WriteLine("| M | N | K | cuBLASLt ms | TFLOP/s | gemm_hopper 128 x 256 ms | TFLOP/s | rel. diff | gemm_hopper 128 x 128 ms | TFLOP/s | rel. diff |");
-        Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|");
+        // gemm_hopper's columns: 128 x 256 tiles in clusters of two sharing B (the default), without clusters, each with the
+        // staged stores (the default) and straight from registers; 128 x 128 in clusters.
+        var variants = new (string Label, CudaBackend Backend)[]
+        {
+            ("128 x 256, pairs", new CudaBackend(0, baseOptions with { HopperTrainingProducts = true, HopperTrainingProductColumns = 256, HopperTrainingProductMulticast = true })),
+            ("128 x 256, single", new CudaBackend(0, baseOptions with { HopperTrainingProducts = true, HopperTrainingProductColumns = 256, HopperTrainingProductMulticast = false })),
+            ("128 x 256, pairs, direct stores", new CudaBackend(0, baseOptions with { HopperTrainingProducts = true, HopperTrainingProductColumns = 256, HopperTrainingProductStagedStores = false })),
+            ("128 x 256, single, direct stores", new CudaBackend(0, baseOptions with { HopperTrainingProducts = true, HopperTrainingProductColumns = 256, HopperTrainingProductMulticast = false, HopperTrainingProductStagedStores = false })),
+            ("128 x 128, pairs", new CudaBackend(0, baseOptions with { HopperTrainingProducts = true, HopperTrainingProductColumns = 128, HopperTrainingProductMulticast = true })),
+        };
+        Console.WriteLine($"device: {cublas.CudaDevice}; gemm_hopper: {variants[0].Backend.HopperTrainingProductsUnavailableReason ?? "runs"}");
+        Console.WriteLine("| M | N | K | cuBLASLt ms | TFLOP/s | " + string.Join(" | ", variants.Select(v => $"gemm_hopper {v.Label} ms | TFLOP/s | rel. diff")) + " |");
+        Console.WriteLine("|---|---|---|---|---|" + string.Concat(variants.Select(_ => "---|---|---|")));
         foreach (var text in shapes.Split(';', StringSplitOptions.RemoveEmptyEntries))
         {
             var n = text.Split(',').Select(x => int.Parse(x, CultureInfo.InvariantCulture)).ToArray();
@@ -56,12 +66,15 @@ public static class GpuMatMulBench
             var b = Values((long)cols * k, 0.05f);
             double flop = 2.0 * m * cols * k;
             var (baseMs, baseOut) = Measure(cublas, a, b, m, cols, k, reps);
-            var (wideMs, wideOut) = Measure(wide, a, b, m, cols, k, reps);
-            var (narrowMs, narrowOut) = Measure(narrow, a, b, m, cols, k, reps);
             string Cell(double ms) => string.Create(CultureInfo.InvariantCulture, $"{ms:F3} | {flop / ms / 1e9:F0}");
-            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"| {m} | {cols} | {k} | {Cell(baseMs)} | {Cell(wideMs)} | {Difference(baseOut, wideOut):E1} | {Cell(narrowMs)} | {Difference(baseOut, narrowOut):E1} |"));
+            var cells = variants.Select(v =>
+            {
+                var (ms, output) = Measure(v.Backend, a, b, m, cols, k, reps);
+                return Cell(ms) + string.Create(CultureInfo.InvariantCulture, $" | {Difference(baseOut, output):E1}");
+            }).ToList();
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {m} | {cols} | {k} | {Cell(baseMs)} | ") + string.Join(" | ", cells) + " |");
         }
+        foreach (var v in variants) v.Backend.Dispose();
         return 0;
     }
 

@@ -801,6 +801,15 @@ template <typename T> struct KvVec<T, T>
     __device__ __forceinline__ void unpack(float* out) const { unpack16<T>(raw, out); }
 };
 
+// 4 bytes to shared memory at a shared-space address.
+__device__ __forceinline__ void sts_u32(unsigned addr, unsigned v)
+{
+#ifdef __CUDA_ARCH__
+    asm volatile("st.shared.u32 [%0], %1;" ::"r"(addr), "r"(v) : "memory");
+#else
+    emu_sts(addr, &v, 4);
+#endif
+}
 // 16 bytes to shared memory at a shared-space address.
 __device__ __forceinline__ void sts_u32x4(unsigned addr, const unsigned (&r)[4])
 {

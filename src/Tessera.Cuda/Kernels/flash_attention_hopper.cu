@@ -27,15 +27,7 @@ struct Strides3 { i64 b, t, h; };
 // load_tile_sw128, the row sources DenseRowsSw128 / PagedRowsSw128 and find_prefill_tile are common.cuh's.
 
 // cp_async4 (the backward's lse and delta rows, which are not 16-byte aligned in general) is common.cuh's.
-// The barrier of warpgroup wg's 128 threads alone (named barrier 1 + wg; 0 is __syncthreads').
-__device__ __forceinline__ void warpgroup_barrier(int wg)
-{
-#ifdef __CUDA_ARCH__
-    asm volatile("bar.sync %0, 128;" ::"r"(1 + wg) : "memory");
-#else
-    emu_warpgroup_sync();
-#endif
-}
+// warpgroup_barrier, bulk_commit, bulk_wait_read and bulk_wait are hopper.cuh's.
 // dst[0] += a and dst[1] += b in global memory, atomically (dQ's reductions into its fp32 accumulator).
 __device__ __forceinline__ void red_add2(float* dst, float a, float b)
 {
@@ -604,11 +596,6 @@ __device__ __forceinline__ void sts_f32x4(unsigned dst, float a, float b, float 
     std::memcpy(emu_shared() + dst, v, 16);
 #endif
 }
-__device__ __forceinline__ void bulk_commit() { HOPPER_ASM("cp.async.bulk.commit_group;" ::: "memory"); }
-// Until at most N bulk groups of this thread are still reading their shared-memory source.
-template <int N> __device__ __forceinline__ void bulk_wait_read() { HOPPER_ASM("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory"); }
-// Until at most N bulk groups of this thread are incomplete (their global writes done).
-template <int N> __device__ __forceinline__ void bulk_wait() { HOPPER_ASM("cp.async.bulk.wait_group %0;" ::"n"(N) : "memory"); }
 
 // The two 16-bit values of a pack2 word as floats (lo = the low half).
 template <typename T> __device__ __forceinline__ float unpack_lo(unsigned w);

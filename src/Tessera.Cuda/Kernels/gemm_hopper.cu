@@ -18,7 +18,10 @@
 //   load while the consumers store this one).
 // - A consumer issues k-tile i's four k16 products, commits them, then waits until at most one group is in flight: k-tile
 //   i - 1's products are done, and it hands stage (i - 1) % ST back. After a tile's last k-tile it waits for all, hands
-//   the last stage back, and stores its 64 rows from registers: a lane's fragment pairs (hopper.cuh) as 32-bit stores.
+//   the last stage back, and stores its 64 rows: staged (C's rows 16-byte aligned), 64 columns at a time into one of two
+//   swizzled 64 x 64 buffers of its own, each stored by the tensor memory accelerator while the warpgroup goes on; otherwise
+//   a lane's fragment pairs (hopper.cuh) straight to global memory as 32-bit stores.
+// - Clusters of two (the _mc kernels): see the macro below.
 // Boxes past M, N or K arrive as zeros (the tensor map's bounds), so partial tiles need no masks but the stores'.
 #define GH_BM 128
 #define GH_BK 64
@@ -48,96 +51,178 @@ __device__ __forceinline__ void gh_store_pair(T* row, int n, int N, float s0, fl
     else if (n < N) store_product(row, n, s0, alpha, bias, n, beta);
 }
 
-template <typename T, int BN, int ST>
-__device__ void gemm_hopper_nt(const TensorMap* amap, const TensorMap* bmap, const T* bias, T* c, int M, int N, int K, i64 ldc,
-                               float alpha, float beta)
+template <typename T, int BN, int ST, int CL>
+__device__ void gemm_hopper_nt(const TensorMap* amap, const TensorMap* bmap, const TensorMap* cmap, const T* bias, T* c, int M, int N,
+                               int K, i64 ldc, float alpha, float beta, int staged)
 {
     constexpr int AT = GH_BM * GH_BK * 2, BT = BN * GH_BK * 2, STAGE = AT + BT;   // bytes; each a multiple of 1,024
+    constexpr int EP = 64 * 64 * 2;                        // an epilogue buffer: 64 rows by 64 columns, two a consumer warpgroup
     extern __shared__ unsigned char gh_raw[];
     unsigned char* const raw = cta_dynamic_shared(gh_raw);
     const unsigned smem = (smem_u32(raw) + 1023u) & ~1023u;
-    auto full = [&](int s) { return smem + ST * STAGE + 8 * s; };
-    auto empty = [&](int s) { return smem + ST * STAGE + 8 * (ST + s); };
+    auto full = [&](int s) { return smem + ST * STAGE + 4 * EP + 8 * s; };
+    auto empty = [&](int s) { return smem + ST * STAGE + 4 * EP + 8 * (ST + s); };
     const int tid = threadIdx.x, wg = tid / 128;
-    const int tiles_m = (M + GH_BM - 1) / GH_BM, tiles_n = (N + BN - 1) / BN, tiles = tiles_m * tiles_n;
+    const unsigned rank = CL > 1 ? cluster_rank() : 0u;
+    // The walk is over units of CL row tiles by one column tile: a cluster's CTAs take the unit's row tiles in rank order.
+    const int tiles_m = (M + GH_BM - 1) / GH_BM, tiles_n = (N + BN - 1) / BN, units_m = (tiles_m + CL - 1) / CL;
+    const int units = units_m * tiles_n, first = blockIdx.x / CL, step = gridDim.x / CL;
     const int ktiles = (K + GH_BK - 1) / GH_BK;
     if (tid == 0)
     {
         for (int s = 0; s < ST; s++)
         {
             mbar_init(full(s), 1);
-            mbar_init(empty(s), 2);
+            mbar_init(empty(s), 2 * CL);                   // each consumer warpgroup of each CTA that reads the stage's B
         }
         mbar_fence_init();
     }
-    __syncthreads();
+    if constexpr (CL > 1)
+    {
+        cluster_arrive();                                  // every CTA's barriers exist before any copy or arrival names them
+        cluster_wait();
+    }
+    else __syncthreads();
     if (wg == 0)
     {
         warpgroup_registers_down<40>();
-        if (tid != 0) return;
-        int i = 0;
-        for (int t = blockIdx.x; t < tiles; t += gridDim.x)
+        if (tid == 0)
         {
-            int tm, tn;
-            gh_tile(t, tiles_m, tiles_n, tm, tn);
+            int i = 0;
+            for (int u = first; u < units; u += step)
+            {
+                int um, tn;
+                gh_tile(u, units_m, tiles_n, um, tn);
+                const int tm = um * CL + rank;             // past M: its A box arrives as zeros and nothing is stored
+                for (int kt = 0; kt < ktiles; kt++, i++)
+                {
+                    const int s = i % ST;
+                    // Handed back by the consumers of every CTA this stage's B copy lands in (its first use passes at once).
+                    mbar_wait(empty(s), ((i / ST) & 1) ^ 1);
+                    mbar_arrive_expect_tx(full(s), STAGE);
+                    tma_load_2d(smem + s * STAGE, amap, kt * GH_BK, tm * GH_BM, full(s));
+                    if constexpr (CL == 1) tma_load_2d(smem + s * STAGE + AT, bmap, kt * GH_BK, tn * BN, full(s));
+                    else   // this CTA's share of B's rows, into every CTA of the cluster
+                        tma_load_2d_multicast(smem + s * STAGE + AT + rank * (BT / CL), bmap, kt * GH_BK, tn * BN + rank * (BN / CL),
+                                              full(s), (unsigned short)((1u << CL) - 1));
+                }
+            }
+        }
+    }
+    else
+    {
+        warpgroup_registers_up<232>();
+        const int w = wg - 1, lane = tid & 31, warp = (tid >> 5) & 3, g = lane >> 2, c4 = lane & 3;
+        const bool leader = (tid & 127) == 0;
+        auto hand_back = [&](int s) {
+            if (!leader) return;
+            if constexpr (CL == 1) mbar_arrive(empty(s));
+            else
+                for (int r = 0; r < CL; r++) mbar_arrive_cluster(empty(s), r);
+        };
+        float acc[BN / 2];
+        int i = 0;
+        for (int u = first; u < units; u += step)
+        {
+            int um, tn;
+            gh_tile(u, units_m, tiles_n, um, tn);
+            const int tm = um * CL + rank;
             for (int kt = 0; kt < ktiles; kt++, i++)
             {
                 const int s = i % ST;
-                mbar_wait(empty(s), ((i / ST) & 1) ^ 1);   // the consumers handed it back (its first use passes at once)
-                mbar_arrive_expect_tx(full(s), STAGE);
-                tma_load_2d(smem + s * STAGE, amap, kt * GH_BK, tm * GH_BM, full(s));
-                tma_load_2d(smem + s * STAGE + AT, bmap, kt * GH_BK, tn * BN, full(s));
+                mbar_wait(full(s), (i / ST) & 1);
+                const unsigned sa = smem + s * STAGE;
+                const u64 ad = sw128_descriptor(sa + w * 64 * 128, 16, 1024), bd = sw128_descriptor(sa + AT, 16, 1024);
+                wgmma_fence();
+#pragma unroll
+                for (int kk = 0; kk < GH_BK / 16; kk++)
+                    Wgmma<T, BN>::ss(acc, desc_plus(ad, kk * 32), desc_plus(bd, kk * 32), kt > 0 || kk > 0);
+                wgmma_commit();
+                wgmma_wait<1>();                           // k-tile i - 1's products are done: its stage goes back
+                if (kt > 0) hand_back((i - 1) % ST);
+            }
+            wgmma_wait<0>();
+            fence_registers<BN / 2>(acc);
+            hand_back((i - 1) % ST);
+            const int n0 = tn * BN, mw = tm * GH_BM + 64 * w;   // this warpgroup's rows: mw ..
+            if (staged)
+            {
+                // 64 columns at a time into a swizzled 64 x 64 buffer (two a warpgroup, alternating), stored by the tensor
+                // memory accelerator while the warpgroup goes on: the next chunk, then the next tile's products.
+                const unsigned ep = smem + ST * STAGE + w * 2 * EP;
+#pragma unroll
+                for (int q = 0; q < BN / 64; q++)
+                {
+                    const unsigned buf = ep + (q & 1) * EP;
+                    if (leader) bulk_wait_read<1>();       // the store that last read this buffer (two chunks ago) has read it
+                    warpgroup_barrier(wg);
+#pragma unroll
+                    for (int jj = 0; jj < 8; jj++)
+#pragma unroll
+                        for (int r = 0; r < 2; r++)
+                        {
+                            const int j = 8 * q + jj, row = 16 * warp + g + 8 * r, m = mw + row, n = n0 + 8 * j + 2 * c4;
+                            float v0 = alpha * acc[4 * j + 2 * r], v1 = alpha * acc[4 * j + 2 * r + 1];
+                            if (bias)
+                            {
+                                if (n < N) v0 += to_f(bias[n]);
+                                if (n + 1 < N) v1 += to_f(bias[n + 1]);
+                            }
+                            if (beta != 0.f && m < M)
+                            {
+                                if (n < N) v0 += beta * to_f(c[(i64)m * ldc + n]);
+                                if (n + 1 < N) v1 += beta * to_f(c[(i64)m * ldc + n + 1]);
+                            }
+                            // columns 8 jj + 2 c4 (+ 1) of the chunk: bytes 16 jj + 4 c4 of the row, chunk jj swizzled by the row
+                            sts_u32(buf + row * 128 + ((jj ^ (row & 7)) << 4) + c4 * 4, pack2<T>(v0, v1));
+                        }
+                    fence_async_shared();                  // the buffer's writes become visible to the tensor memory accelerator
+                    warpgroup_barrier(wg);
+                    if (leader)
+                    {
+                        tma_store_2d(cmap, n0 + 64 * q, mw, buf);   // rows past M and columns past N are not written
+                        bulk_commit();
+                    }
+                }
+            }
+            else
+            {
+                // A lane's fragment pairs straight to global memory.
+#pragma unroll
+                for (int r = 0; r < 2; r++)
+                {
+                    const int m = mw + 16 * warp + g + 8 * r;
+                    if (m >= M) continue;
+                    T* const row = c + (i64)m * ldc;
+#pragma unroll
+                    for (int j = 0; j < BN / 8; j++)
+                        gh_store_pair(row, n0 + 8 * j + 2 * c4, N, acc[4 * j + 2 * r], acc[4 * j + 2 * r + 1], alpha, bias, beta);
+                }
             }
         }
-        return;
+        if (staged && leader) bulk_wait<0>();              // the last stores are done before the CTA (their source) goes
     }
-    warpgroup_registers_up<232>();
-    const int w = wg - 1, lane = tid & 31, warp = (tid >> 5) & 3, g = lane >> 2, c4 = lane & 3;
-    const bool leader = (tid & 127) == 0;
-    float acc[BN / 2];
-    int i = 0;
-    for (int t = blockIdx.x; t < tiles; t += gridDim.x)
+    if constexpr (CL > 1)
     {
-        int tm, tn;
-        gh_tile(t, tiles_m, tiles_n, tm, tn);
-        for (int kt = 0; kt < ktiles; kt++, i++)
-        {
-            const int s = i % ST;
-            mbar_wait(full(s), (i / ST) & 1);
-            const unsigned sa = smem + s * STAGE;
-            const u64 ad = sw128_descriptor(sa + w * 64 * 128, 16, 1024), bd = sw128_descriptor(sa + AT, 16, 1024);
-            wgmma_fence();
-#pragma unroll
-            for (int kk = 0; kk < GH_BK / 16; kk++)
-                Wgmma<T, BN>::ss(acc, desc_plus(ad, kk * 32), desc_plus(bd, kk * 32), kt > 0 || kk > 0);
-            wgmma_commit();
-            wgmma_wait<1>();                               // k-tile i - 1's products are done: its stage goes back
-            if (kt > 0 && leader) mbar_arrive(empty((i - 1) % ST));
-        }
-        wgmma_wait<0>();
-        fence_registers<BN / 2>(acc);
-        if (leader) mbar_arrive(empty((i - 1) % ST));
-        const int n0 = tn * BN;
-#pragma unroll
-        for (int r = 0; r < 2; r++)
-        {
-            const int m = tm * GH_BM + 64 * w + 16 * warp + g + 8 * r;
-            if (m >= M) continue;
-            T* const row = c + (i64)m * ldc;
-#pragma unroll
-            for (int j = 0; j < BN / 8; j++)
-                gh_store_pair(row, n0 + 8 * j + 2 * c4, N, acc[4 * j + 2 * r], acc[4 * j + 2 * r + 1], alpha, bias, beta);
-        }
+        cluster_arrive();                                  // no CTA leaves while a peer may still copy into it or arrive on it
+        cluster_wait();
     }
 }
 
-// a (M rows of K) in boxes of 128 rows by 64 columns, b (N rows of K) in boxes of BN rows by 64, both in the 128-byte swizzle.
-#define GEMM_HOPPER_NT(name, t, BN, ST)                                                                                   \
-    extern "C" __global__ void __launch_bounds__(GH_THREADS, 1) gemm_hopper_nt_##name##_n##BN(                            \
-        const __grid_constant__ TensorMap amap, const __grid_constant__ TensorMap bmap, const t* bias, t* c, int M, int N, \
-        int K, i64 ldc, float alpha, float beta)                                                                          \
+// a (M rows of K) in boxes of 128 rows by 64 columns, b (N rows of K) in boxes of BN / CL rows by 64, c (M rows of N) in
+// boxes of 64 rows by 64 columns (read only when staged is nonzero), all in the 128-byte swizzle. The _mc kernels run in
+// thread-block clusters of 2 CTAs along x (the host launches them so, gridDim.x even): the
+// pair's CTAs take two adjacent row tiles of one column tile, and each copies half of B's tile into both (multicast), so
+// each B tile crosses from L2 once for two CTAs (each k-tile's L2 traffic 32 KB a CTA instead of 48 at 256 columns).
+#define GEMM_HOPPER_NT(name, t, BN, ST, CL, tag)                                                                          \
+    extern "C" __global__ void __launch_bounds__(GH_THREADS, 1) gemm_hopper_nt##tag##_##name##_n##BN(                     \
+        const __grid_constant__ TensorMap amap, const __grid_constant__ TensorMap bmap,                                   \
+        const __grid_constant__ TensorMap cmap, const t* bias, t* c, int M, int N, int K, i64 ldc, float alpha,           \
+        float beta, int staged)                                                                                           \
     {                                                                                                                     \
-        gemm_hopper_nt<t, BN, ST>(&amap, &bmap, bias, c, M, N, K, ldc, alpha, beta);                                      \
+        gemm_hopper_nt<t, BN, ST, CL>(&amap, &bmap, &cmap, bias, c, M, N, K, ldc, alpha, beta, staged);                   \
     }
-GEMM_HOPPER_NT(bf16, bf16, 256, 4) GEMM_HOPPER_NT(bf16, bf16, 128, 6)
-GEMM_HOPPER_NT(f16, f16, 256, 4) GEMM_HOPPER_NT(f16, f16, 128, 6)
+GEMM_HOPPER_NT(bf16, bf16, 256, 4, 1, ) GEMM_HOPPER_NT(bf16, bf16, 128, 6, 1, )
+GEMM_HOPPER_NT(f16, f16, 256, 4, 1, ) GEMM_HOPPER_NT(f16, f16, 128, 6, 1, )
+GEMM_HOPPER_NT(bf16, bf16, 256, 4, 2, _mc) GEMM_HOPPER_NT(bf16, bf16, 128, 6, 2, _mc)
+GEMM_HOPPER_NT(f16, f16, 256, 4, 2, _mc) GEMM_HOPPER_NT(f16, f16, 128, 6, 2, _mc)

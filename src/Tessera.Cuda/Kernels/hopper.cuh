@@ -85,6 +85,15 @@ __device__ __forceinline__ void mbar_arrive(unsigned bar)
     emu_mbar_arrive(bar);
 #endif
 }
+// One arrival on the barrier at the same shared address in CTA `cta` of the cluster (this CTA's own included).
+__device__ __forceinline__ void mbar_arrive_cluster(unsigned bar, unsigned cta)
+{
+    HOPPER_ASM("{ .reg .b32 remote; mapa.shared::cluster.u32 remote, %0, %1; mbarrier.arrive.shared::cluster.b64 _, [remote]; }"
+               ::"r"(bar), "r"(cta) : "memory");
+#ifndef __CUDA_ARCH__
+    emu_mbar_arrive_remote(bar, cta);
+#endif
+}
 // Returns once the phase of this parity has completed.
 __device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity)
 {
@@ -108,6 +117,16 @@ __device__ __forceinline__ void tma_load_2d(unsigned dst, const TensorMap* map, 
     emu_tma_load_2d(dst, map, c0, c1, bar);
 #endif
 }
+// tma_load_2d's box into the same shared address of every CTA of the cluster in `ctas` (a bit a rank), its bytes completing
+// on the barrier at bar's address in each of them.
+__device__ __forceinline__ void tma_load_2d_multicast(unsigned dst, const TensorMap* map, int c0, int c1, unsigned bar, unsigned short ctas)
+{
+    HOPPER_ASM("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%2, %3}], [%4], %5;"
+               ::"r"(dst), "l"(map), "r"(c0), "r"(c1), "r"(bar), "h"(ctas) : "memory");
+#ifndef __CUDA_ARCH__
+    emu_tma_load_2d_multicast(dst, map, c0, c1, bar, ctas);
+#endif
+}
 // `bytes` (a multiple of 16, both addresses 16-byte aligned) from global src to shared dst; they complete on bar.
 __device__ __forceinline__ void bulk_load(unsigned dst, const void* src, unsigned bytes, unsigned bar)
 {
@@ -115,6 +134,31 @@ __device__ __forceinline__ void bulk_load(unsigned dst, const void* src, unsigne
                ::"r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
 #ifndef __CUDA_ARCH__
     emu_bulk_load(dst, src, bytes, bar);
+#endif
+}
+
+// The shared-memory tile at src (1,024-byte aligned, in the map's swizzle) into `map`'s box at element (c0, c1), as one bulk
+// group's copy (bulk_commit closes the group); the box's parts past the tensor are not written.
+__device__ __forceinline__ void tma_store_2d(const TensorMap* map, int c0, int c1, unsigned src)
+{
+    HOPPER_ASM("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];" ::"l"(map), "r"(c0), "r"(c1), "r"(src)
+               : "memory");
+#ifndef __CUDA_ARCH__
+    emu_tma_store_2d(map, c0, c1, src);
+#endif
+}
+__device__ __forceinline__ void bulk_commit() { HOPPER_ASM("cp.async.bulk.commit_group;" ::: "memory"); }
+// Until at most N bulk groups of this thread are still reading their shared-memory source.
+template <int N> __device__ __forceinline__ void bulk_wait_read() { HOPPER_ASM("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory"); }
+// Until at most N bulk groups of this thread are incomplete (their global writes done).
+template <int N> __device__ __forceinline__ void bulk_wait() { HOPPER_ASM("cp.async.bulk.wait_group %0;" ::"n"(N) : "memory"); }
+// The barrier of warpgroup wg's 128 threads alone (named barrier 1 + wg; 0 is __syncthreads').
+__device__ __forceinline__ void warpgroup_barrier(int wg)
+{
+#ifdef __CUDA_ARCH__
+    asm volatile("bar.sync %0, 128;" ::"r"(1 + wg) : "memory");
+#else
+    emu_warpgroup_sync();
 #endif
 }
 

@@ -21,6 +21,8 @@ public sealed class CudaBackendOptionsTests
         DecodeProductTensorMaps = true,
         HopperTrainingProducts = true,
         HopperTrainingProductColumns = 128,
+        HopperTrainingProductMulticast = false,
+        HopperTrainingProductStagedStores = false,
         QuantizedDecodeProducts = false,
         DecodeAttention = DecodeAttentionKernel.PerQueryHead,
         CrossEntropyThreadsPerRow = 512,

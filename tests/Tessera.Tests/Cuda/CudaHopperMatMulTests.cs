@@ -10,24 +10,39 @@ namespace Tessera.Tests.Cuda;
 /// reference on the same rounded inputs at shapes with every dimension short of a tile (<see cref="CudaTestBase.Tolerance"/>:
 /// 1e-2 norm-wise for a bf16 or f16 output), and against cuBLASLt on the default backend at llama-1b's shapes (the same
 /// tolerance: both sum exact 16-bit products in fp32, in different orders). Both output tile widths, bias, alpha, beta = 1,
-/// the output's row-stride padding untouched. Each checks from the op profiler's kernel names that gemm_hopper ran, so a call
+/// the output's row-stride padding untouched, in clusters of two CTAs sharing B by multicast and without, the output staged
+/// through shared memory and stored by the tensor memory accelerator (c's rows 16-byte aligned) and stored from registers. Each checks from the op profiler's kernel names that gemm_hopper ran, so a call
 /// that fell back to cuBLASLt would fail. Skips, saying why, on other devices.
 /// </summary>
 [Collection("cuda")]
 public sealed class CudaHopperMatMulTests(CudaFixture fixture) : CudaTestBase(fixture)
 {
     [Theory]
-    [InlineData(DType.BF16, 300, 521, 200, 256, true, 0.5, 1.0)]    // M, N (odd), K each short of a tile
-    [InlineData(DType.BF16, 130, 251, 64, 128, false, 1.0, 0.0)]
-    [InlineData(DType.F16, 256, 384, 448, 256, true, 1.0, 0.0)]
-    [InlineData(DType.BF16, 1000, 777, 1032, 128, true, 2.0, 1.0)]  // more tiles than one wave of small grids; 17 k-tiles
-    public void ProductsMatchTheReferenceAndCublasLt(DType dtype, int m, int n, int k, int columns, bool withBias, double alpha, double beta)
+    [InlineData(DType.BF16, 300, 521, 200, 256, true, 0.5, 1.0, true)]    // M, N (odd), K each short of a tile
+    [InlineData(DType.BF16, 300, 521, 200, 256, true, 0.5, 1.0, false)]
+    [InlineData(DType.BF16, 130, 251, 64, 128, false, 1.0, 0.0, true)]    // the pair's second row tile past M
+    [InlineData(DType.BF16, 130, 251, 64, 128, false, 1.0, 0.0, false)]
+    [InlineData(DType.F16, 256, 384, 448, 256, true, 1.0, 0.0, true)]
+    [InlineData(DType.BF16, 1000, 777, 1032, 128, true, 2.0, 1.0, true)]  // 17 k-tiles through 6 stages, across tiles
+    [InlineData(DType.BF16, 1000, 777, 1032, 256, true, 2.0, 1.0, false)]
+    public void ProductsMatchTheReferenceAndCublasLt(DType dtype, int m, int n, int k, int columns, bool withBias, double alpha, double beta,
+        bool multicast)
     {
-        using var hopper = HopperBackend(columns);
-        int ld = n + 8 + n % 2;                                  // c's rows are ld apart (even): the padding must stay as it was
+        foreach (bool aligned in new[] { true, false })
+            ProductMatchesTheReferenceAndCublasLt(dtype, m, n, k, columns, withBias, alpha, beta, multicast, aligned);
+    }
+
+    /// <summary>One case of <see cref="ProductsMatchTheReferenceAndCublasLt"/>: c's rows a multiple of 8 values apart (16 bytes:
+    /// the staged stores by the tensor memory accelerator) or not (the stores straight from registers).</summary>
+    private void ProductMatchesTheReferenceAndCublasLt(DType dtype, int m, int n, int k, int columns, bool withBias, double alpha, double beta,
+        bool multicast, bool aligned)
+    {
+        using var hopper = HopperBackend(columns, multicast);
+        // c's rows are ld apart (even), past n: the padding must stay as it was.
+        int ld = aligned ? (n + 15) / 8 * 8 : (n + 8 + n % 2) % 8 != 0 ? n + 8 + n % 2 : n + 10;
         var (av, bv, biasv, c0) = (Values(m * k, 1.0), Values(n * k, 0.05), Values(n, 0.5), Values(m * ld, 1.0));
         var got = Run(hopper, dtype, av, bv, withBias ? biasv : null, c0, m, n, k, ld, alpha, beta);
-        AssertRanOn(hopper, dtype, columns);
+        AssertRanOn(hopper, dtype, columns, multicast);
         var cublas = Run(Gpu, dtype, av, bv, withBias ? biasv : null, c0, m, n, k, ld, alpha, beta);
         double[] sa = Stored(av, dtype), sb = Stored(bv, dtype), sbias = Stored(biasv, dtype), sc = Stored(c0, dtype);
         var expected = new double[m * n];
@@ -45,25 +60,27 @@ public sealed class CudaHopperMatMulTests(CudaFixture fixture) : CudaTestBase(fi
             }
             for (int c = n; c < ld; c++) Assert.Equal(sc[r * ld + c], got[r * ld + c]);
         }
-        AssertClose(expected, gotTile, Tolerance(dtype), $"gemm_hopper {dtype} {m}x{n}x{k} n{columns}");
-        AssertClose(cublasTile, gotTile, Tolerance(dtype), $"gemm_hopper against cuBLASLt {dtype} {m}x{n}x{k} n{columns}");
+        string what = $"{dtype} {m}x{n}x{k} n{columns} multicast {multicast} row stride {ld}";
+        AssertClose(expected, gotTile, Tolerance(dtype), "gemm_hopper " + what);
+        AssertClose(cublasTile, gotTile, Tolerance(dtype), "gemm_hopper against cuBLASLt " + what);
     }
 
     /// <summary>llama-1b's forward products (QKV, output, gate/up, down) at 2,048 rows and one short of a tile, against cuBLASLt.</summary>
     [Theory]
-    [InlineData(2048, 3072, 2048, 256)]
-    [InlineData(2048, 2048, 2048, 128)]
-    [InlineData(2000, 16384, 2048, 256)]
-    [InlineData(2048, 2048, 8192, 256)]
-    public void LlamaShapesMatchCublasLt(int m, int n, int k, int columns)
+    [InlineData(2048, 3072, 2048, 256, true)]
+    [InlineData(2048, 2048, 2048, 128, true)]
+    [InlineData(2000, 16384, 2048, 256, true)]
+    [InlineData(2048, 2048, 8192, 256, true)]
+    [InlineData(2048, 3072, 2048, 256, false)]
+    public void LlamaShapesMatchCublasLt(int m, int n, int k, int columns, bool multicast)
     {
-        using var hopper = HopperBackend(columns);
+        using var hopper = HopperBackend(columns, multicast);
         var (av, bv) = (Values(m * k, 1.0), Values(n * k, 0.05));
         var c0 = new double[m * n];
         var got = Run(hopper, DType.BF16, av, bv, null, c0, m, n, k, n, 1.0, 0.0);
-        AssertRanOn(hopper, DType.BF16, columns);
+        AssertRanOn(hopper, DType.BF16, columns, multicast);
         var cublas = Run(Gpu, DType.BF16, av, bv, null, c0, m, n, k, n, 1.0, 0.0);
-        AssertClose(cublas, got, Tolerance(DType.BF16), $"gemm_hopper against cuBLASLt bf16 {m}x{n}x{k} n{columns}");
+        AssertClose(cublas, got, Tolerance(DType.BF16), $"gemm_hopper against cuBLASLt bf16 {m}x{n}x{k} n{columns} multicast {multicast}");
     }
 
     private static double[] Run(CudaBackend backend, DType dtype, double[] av, double[] bv, double[]? biasv, double[] c0,
@@ -76,24 +93,24 @@ public sealed class CudaHopperMatMulTests(CudaFixture fixture) : CudaTestBase(fi
         return Download(backend, c);
     }
 
-    /// <summary>A backend with the Hopper training products at <paramref name="columns"/> a tile and the op profiler; skips
-    /// the test, saying why, on a device other than compute capability 9.0.</summary>
-    private CudaBackend HopperBackend(int columns)
+    /// <summary>A backend with the Hopper training products at <paramref name="columns"/> a tile (in clusters of two sharing
+    /// B by multicast, or not) and the op profiler; skips the test, saying why, on a device other than compute capability 9.0.</summary>
+    private CudaBackend HopperBackend(int columns, bool multicast)
     {
         if (Gpu.CudaDevice.ComputeCapability != (9, 0))
             Assert.Skip($"gemm_hopper.cu needs compute capability 9.0 (wgmma, the tensor memory accelerator); this device is {Gpu.CudaDevice.Architecture}");
         return new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with
         {
-            HopperTrainingProducts = true, HopperTrainingProductColumns = columns, ProfileOps = true,
+            HopperTrainingProducts = true, HopperTrainingProductColumns = columns, HopperTrainingProductMulticast = multicast, ProfileOps = true,
         });
     }
 
     /// <summary>The product ran on gemm_hopper (the op profiler's kernel names), not on cuBLASLt.</summary>
-    private static void AssertRanOn(CudaBackend backend, DType dtype, int columns)
+    private static void AssertRanOn(CudaBackend backend, DType dtype, int columns, bool multicast)
     {
         Assert.True(backend.HopperTrainingProductsUnavailableReason is null,
             $"gemm_hopper does not run on this 9.0 device: {backend.HopperTrainingProductsUnavailableReason}");
-        string name = $"gemm_hopper_nt_{(dtype == DType.BF16 ? "bf16" : "f16")}_n{columns}";
+        string name = $"gemm_hopper_nt{(multicast ? "_mc" : "")}_{(dtype == DType.BF16 ? "bf16" : "f16")}_n{columns}";
         Assert.Contains(backend.Profiler!.Totals(), r => r.Name == name);
     }
 

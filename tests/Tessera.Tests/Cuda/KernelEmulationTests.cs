@@ -137,14 +137,19 @@ public sealed class KernelEmulationTests
     /// m64n256k16 and m64n128k16 handing each stage back through a second barrier. Emulation/gemm_hopper.cpp runs it against a
     /// double reference (tolerance 8e-3 of the largest output, a bf16 store) with every dimension short of a tile, N odd, fewer
     /// CTAs than tiles, more k-tiles than stages, bias, alpha and beta; a wrong phase parity or an early hand-back shows as a
-    /// wrong sum or a barrier that never completes (the emulation aborts naming it).
+    /// wrong sum or a barrier that never completes (the emulation aborts naming it). Its cluster form (two CTAs, each copying
+    /// half of B's tile into both by multicast, a stage handed back to both producers) runs with the pair's CTAs together, each
+    /// in its own shared memory. Both epilogues: staged through shared memory and stored by the tensor memory accelerator, and
+    /// straight from registers.
     /// </summary>
     [Fact]
     public void HopperTrainingProductsGiveTheReferenceResultsOnTheCpuEmulation() =>
         RunEmulated(["hopper.cuh", "gemm_hopper.cu"], "gemm_hopper",
             ["gemm_hopper_nt M=300 N=521 K=200 BN=256 ctas=2 bias=1 beta=1", "gemm_hopper_nt M=300 N=521 K=200 BN=256 ctas=2 bias=1 beta=1: pads",
              "gemm_hopper_nt M=130 N=251 K=64 BN=128 ctas=3 bias=0 beta=0", "gemm_hopper_nt M=128 N=256 K=576 BN=256 ctas=1 bias=1 beta=0",
-             "gemm_hopper_nt M=256 N=384 K=448 BN=128 ctas=2 bias=0 beta=1"]);
+             "gemm_hopper_nt M=256 N=384 K=448 BN=128 ctas=2 bias=0 beta=1", "gemm_hopper_nt_mc M=300 N=521 K=200 BN=256 ctas=2 bias=1 beta=1",
+             "gemm_hopper_nt_mc M=256 N=250 K=576 BN=128 ctas=4 bias=0 beta=0", "gemm_hopper_nt_mc M=512 N=512 K=320 BN=256 ctas=2 bias=1 beta=1: pads",
+             "gemm_hopper_nt M=300 N=521 K=200 BN=256 ctas=2 bias=1 beta=1 direct", "gemm_hopper_nt_mc M=256 N=250 K=576 BN=128 ctas=4 bias=0 beta=1 direct"]);
 
     /// <summary>
     /// Decoding's persistent matrix-vector kernels (gemv.cu) and the int8 dequantization (quantized.cu): the int8-weight form

@@ -292,6 +292,7 @@ struct EmuBarrier { unsigned expected = 0, pending = 0; long long tx = 0; unsign
 inline std::mutex emu_barrier_lock;
 inline std::map<std::pair<unsigned char*, unsigned>, EmuBarrier> emu_barriers;
 inline EmuBarrier& emu_barrier(unsigned bar) { return emu_barriers[{emu_shared(), bar}]; }
+inline EmuBarrier& emu_barrier_in(unsigned char* memory, unsigned bar) { return emu_barriers[{memory, bar}]; }
 inline void emu_barrier_settle(EmuBarrier& b)
 {
     if (b.pending == 0 && b.tx == 0) { b.phase ^= 1u; b.pending = b.expected; }
@@ -308,6 +309,7 @@ inline void emu_mbar_arrive_expect_tx(unsigned bar, unsigned bytes)
     if (b.expected == 0) { std::fprintf(stderr, "mbarrier at %u used before its init\n", bar); std::abort(); }
     b.tx += bytes;
     b.pending--;
+    if (b.tx < 0 && b.pending == 0) { std::fprintf(stderr, "mbarrier at %u: %lld bytes delivered past those announced\n", bar, -b.tx); std::abort(); }
     emu_barrier_settle(b);
 }
 // mbarrier.arrive (no transaction bytes): a consumer handing a stage back.
@@ -320,12 +322,38 @@ inline void emu_mbar_arrive(unsigned bar)
     b.pending--;
     emu_barrier_settle(b);
 }
+// Bytes may land before the arrival that announces them (a peer's multicast copy ahead of this CTA's producer): the count
+// goes negative while the phase still waits for that arrival. Past every arrival, bytes beyond those announced are an error.
+inline void emu_complete_tx_locked(EmuBarrier& b, unsigned bar, unsigned bytes)
+{
+    b.tx -= bytes;
+    if (b.tx < 0 && b.pending == 0) { std::fprintf(stderr, "mbarrier at %u: %lld bytes delivered past those announced\n", bar, -b.tx); std::abort(); }
+    emu_barrier_settle(b);
+}
 inline void emu_mbar_complete_tx(unsigned bar, unsigned bytes)
 {
     std::lock_guard<std::mutex> hold(emu_barrier_lock);
-    auto& b = emu_barrier(bar);
-    b.tx -= bytes;
-    if (b.tx < 0) { std::fprintf(stderr, "mbarrier at %u: %lld bytes delivered past those announced\n", bar, -b.tx); std::abort(); }
+    emu_complete_tx_locked(emu_barrier(bar), bar, bytes);
+}
+// CTA `rank`'s shared memory in this thread's cluster (this CTA's own outside a cluster, where rank must be 0).
+inline unsigned char* emu_cta_memory(unsigned rank)
+{
+    if (!g_cluster)
+    {
+        if (rank != 0) { std::fprintf(stderr, "emulation: CTA %u of a cluster named outside a cluster\n", rank); std::abort(); }
+        return emu_shared();
+    }
+    if (rank >= g_cluster->blocks.size()) { std::fprintf(stderr, "emulation: CTA %u of a cluster of %zu\n", rank, g_cluster->blocks.size()); std::abort(); }
+    return (unsigned char*)g_cluster->blocks[rank].shared.data();
+}
+// mbarrier.arrive.shared::cluster on the barrier at the same address in CTA `rank`.
+inline void emu_mbar_arrive_remote(unsigned bar, unsigned rank)
+{
+    std::lock_guard<std::mutex> hold(emu_barrier_lock);
+    auto& b = emu_barrier_in(emu_cta_memory(rank), bar);
+    if (b.expected == 0) { std::fprintf(stderr, "mbarrier at %u of CTA %u used before its init\n", bar, rank); std::abort(); }
+    if (b.pending == 0) { std::fprintf(stderr, "mbarrier at %u of CTA %u: more arrivals than its count in one phase\n", bar, rank); std::abort(); }
+    b.pending--;
     emu_barrier_settle(b);
 }
 // try_wait.parity: true once the phase of that parity has completed (the barrier's parity differs from it).
@@ -375,6 +403,47 @@ inline void emu_tma_load_2d(unsigned dst, const void* map_bytes, int c0, int c1,
             else std::memset(to, 0, 16);
         }
     emu_mbar_complete_tx(bar, row_bytes * m.box[1]);
+}
+// The multicast form: the box into the same address of each CTA in the mask, each CTA's barrier at bar credited.
+inline void emu_tma_load_2d_multicast(unsigned dst, const void* map_bytes, int c0, int c1, unsigned bar, unsigned short ctas)
+{
+    EmuTensorMap2d m;
+    std::memcpy(&m, map_bytes, sizeof m);
+    const unsigned row_bytes = m.box[0] * m.element_bytes, per_chunk = 16 / m.element_bytes;
+    if (row_bytes != 128 || dst % 1024 != 0) { std::fprintf(stderr, "emu_tma_load_2d_multicast: 128-byte box rows into a 1,024-byte aligned tile only\n"); std::abort(); }
+    for (unsigned rank = 0; rank < 16; rank++)
+    {
+        if (!(ctas >> rank & 1u)) continue;
+        unsigned char* memory = emu_cta_memory(rank);
+        for (unsigned r = 0; r < m.box[1]; r++)
+            for (unsigned c = 0; c < 8; c++)
+            {
+                unsigned char* to = memory + dst + r * 128 + ((c ^ (r & 7)) << 4);
+                const unsigned long long row = (unsigned long long)c1 + r, col = (unsigned long long)c0 + c * per_chunk;
+                if (row < m.dims[1] && col + per_chunk <= m.dims[0]) std::memcpy(to, m.base + row * m.stride_bytes + col * m.element_bytes, 16);
+                else std::memset(to, 0, 16);
+            }
+        std::lock_guard<std::mutex> hold(emu_barrier_lock);
+        emu_complete_tx_locked(emu_barrier_in(memory, bar), bar, row_bytes * m.box[1]);
+    }
+}
+// cp.async.bulk.tensor.2d.global.shared::cta: the box from its swizzled shared tile into the tensor at element (c0, c1), the
+// elements past the tensor not written, done at once.
+inline void emu_tma_store_2d(const void* map_bytes, int c0, int c1, unsigned src)
+{
+    EmuTensorMap2d m;
+    std::memcpy(&m, map_bytes, sizeof m);
+    const unsigned row_bytes = m.box[0] * m.element_bytes, per_chunk = 16 / m.element_bytes;
+    if (row_bytes != 128 || src % 1024 != 0) { std::fprintf(stderr, "emu_tma_store_2d: 128-byte box rows from a 1,024-byte aligned tile only\n"); std::abort(); }
+    for (unsigned r = 0; r < m.box[1]; r++)
+        for (unsigned c = 0; c < 8; c++)
+        {
+            const unsigned long long row = (unsigned long long)c1 + r, col = (unsigned long long)c0 + c * per_chunk;
+            if (row >= m.dims[1] || col >= m.dims[0]) continue;
+            const unsigned long long count = std::min<unsigned long long>(per_chunk, m.dims[0] - col);   // the elements inside the tensor
+            std::memcpy((unsigned char*)m.base + row * m.stride_bytes + col * m.element_bytes, emu_shared() + src + r * 128 + ((c ^ (r & 7)) << 4),
+                        count * m.element_bytes);
+        }
 }
 // cp.async.bulk (1-D) ... .mbarrier::complete_tx.
 inline void emu_bulk_load(unsigned dst, const void* src, unsigned bytes, unsigned bar)

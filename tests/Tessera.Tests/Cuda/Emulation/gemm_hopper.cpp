@@ -5,7 +5,11 @@
 // reference over the bf16 inputs: M, N and K each short of a tile (boxes past them arrive as zeros), N odd (the last
 // output stored alone), fewer CTAs than tiles (each CTA walks several, its ring crossing tile boundaries), more k-tiles
 // than stages (the ring wraps), both column widths (256 and 128), bias, alpha and beta = 1; the row stride's padding past
-// N is left untouched.
+// N is left untouched; the epilogue staged through shared memory and stored by the tensor memory accelerator (its boxes
+// clipped at M and N) and stored straight from registers. And the clusters of two (gemm_hopper_nt_mc_*: each CTA copies half of B's tile into both CTAs'
+// shared memory, and a stage goes back to a producer once both CTAs' consumers are done with it), run as a cluster's CTAs
+// run together, each in its own shared memory: a copy into the wrong CTA, a barrier credited in the wrong one or an early
+// hand-back shows as a wrong sum or a barrier that never completes.
 // kernels.h is written by the test: the emulation, common.cuh, hopper.cuh, gemm_hopper.cu. Prints one line per check; the
 // exit code is the number of failures.
 #include "kernels.h"
@@ -24,13 +28,16 @@ static void fill(std::vector<bf16>& v, std::mt19937& rng, float scale)
     for (auto& e : v) e = from_f<bf16>(scale * u(rng));
 }
 
-static void run(int M, int N, int K, int BN, int ctas, bool with_bias, float alpha, float beta)
+static void run(int M, int N, int K, int BN, int ctas, bool with_bias, float alpha, float beta, int cluster = 1, int staged = 1)
 {
     const unsigned seed = 11 + M * 7 + N * 3 + K + BN + ctas;
     std::mt19937 rng(seed);
-    const int lda = K + 8, ldb = K + 16, ldc = (N + 7) & ~1;   // row strides past the rows (even for C): the kernel must use them
+    // Row strides past the rows: the kernel must use them. C's: a multiple of 8 (16 bytes, the staged stores' tensor map)
+    // when staged, else even and not a multiple of 8.
+    const int lda = K + 8, ldb = K + 16, ldc = staged ? (N + 15) / 8 * 8 : ((N + 7) & ~1) % 8 ? (N + 7) & ~1 : ((N + 7) & ~1) + 2;
     std::vector<bf16> a((size_t)M * lda), b((size_t)N * ldb), bias(N), c0((size_t)M * ldc);
     fill(a, rng, 1.f); fill(b, rng, 0.1f); fill(bias, rng, 1.f); fill(c0, rng, 1.f);
+    std::vector<bf16> c = c0;
     std::vector<double> e((size_t)M * N);
     for (int m = 0; m < M; m++)
         for (int n = 0; n < N; n++)
@@ -39,17 +46,24 @@ static void run(int M, int N, int K, int BN, int ctas, bool with_bias, float alp
             for (int k = 0; k < K; k++) s += (double)to_f(a[(size_t)m * lda + k]) * to_f(b[(size_t)n * ldb + k]);
             e[(size_t)m * N + n] = alpha * s + (with_bias ? to_f(bias[n]) : 0.0) + beta * to_f(c0[(size_t)m * ldc + n]);
         }
-    std::vector<bf16> c = c0;
-    TensorMap am, bm;   // the maps the host encodes: A (M rows of K) in boxes of 128 rows, B (N rows of K) in boxes of BN rows
+    // The maps the host encodes: A (M rows of K) in boxes of 128 rows, B (N rows of K) in boxes of BN / cluster rows, C (M
+    // rows of N) in boxes of 64 rows.
+    TensorMap am, bm, cm{};
     emu_tensor_map_2d(&am, a.data(), K, M, (unsigned long long)lda * 2, 64, 128, 2);
-    emu_tensor_map_2d(&bm, b.data(), K, N, (unsigned long long)ldb * 2, 64, BN, 2);
+    emu_tensor_map_2d(&bm, b.data(), K, N, (unsigned long long)ldb * 2, 64, BN / cluster, 2);
+    if (staged) emu_tensor_map_2d(&cm, c.data(), N, M, (unsigned long long)ldc * 2, 64, 64, 2);
     emu_shared_base = gh_raw;
     const bf16* pbias = with_bias ? bias.data() : nullptr;
     bf16* pc = c.data();
     long long lc = ldc;
-    auto launch = [&](auto kernel) { emu_launch(ctas, 384, [&] { kernel(am, bm, pbias, pc, M, N, K, lc, alpha, beta); }); };
-    if (BN == 256) launch(gemm_hopper_nt_bf16_n256);
-    else launch(gemm_hopper_nt_bf16_n128);
+    auto launch = [&](auto kernel) {
+        auto body = [&] { kernel(am, bm, cm, pbias, pc, M, N, K, lc, alpha, beta, staged); };
+        if (cluster == 1) emu_launch(ctas, 384, body);
+        else emu_launch_cluster(ctas, cluster, 384, body);   // the pairs' CTAs together, each in its own shared memory
+    };
+    if (cluster == 1) { if (BN == 256) launch(gemm_hopper_nt_bf16_n256); else launch(gemm_hopper_nt_bf16_n128); }
+    else if (BN == 256) launch(gemm_hopper_nt_mc_bf16_n256);
+    else launch(gemm_hopper_nt_mc_bf16_n128);
     std::vector<float> got((size_t)M * N);
     bool pads = true;
     for (int m = 0; m < M; m++)
@@ -58,7 +72,8 @@ static void run(int M, int N, int K, int BN, int ctas, bool with_bias, float alp
         for (int n = N; n < ldc; n++) pads &= c[(size_t)m * ldc + n].x == c0[(size_t)m * ldc + n].x;
     }
     char name[120];
-    snprintf(name, sizeof name, "gemm_hopper_nt M=%d N=%d K=%d BN=%d ctas=%d bias=%d beta=%g", M, N, K, BN, ctas, with_bias ? 1 : 0, beta);
+    snprintf(name, sizeof name, "gemm_hopper_nt%s M=%d N=%d K=%d BN=%d ctas=%d bias=%d beta=%g%s", cluster > 1 ? "_mc" : "", M, N, K, BN,
+             ctas, with_bias ? 1 : 0, beta, staged ? "" : " direct");
     // Tolerance: C is stored in bf16 (2^-9 relative per value); the sums are fp32 over exact bf16 products, so 8e-3 of the
     // largest output leaves margin, while a wrong row, column, k-tile or stage is O(1).
     char extra[40];
@@ -71,8 +86,15 @@ static void run(int M, int N, int K, int BN, int ctas, bool with_bias, float alp
 int main()
 {
     run(300, 521, 200, 256, 2, true, 0.5f, 1.f);    // 3 x 3 tiles on 2 CTAs; M, N (odd), K short of a tile
+    run(300, 521, 200, 256, 2, true, 0.5f, 1.f, 1, 0);   // the same, stored straight from registers
     run(130, 251, 64, 128, 3, false, 1.f, 0.f);     // 2 x 2 tiles on 3 CTAs (one idle after its tile)
+    run(130, 251, 64, 128, 3, false, 1.f, 0.f, 1, 0);
     run(128, 256, 576, 256, 1, true, 1.f, 0.f);     // one tile, 9 k-tiles through 4 stages
     run(256, 384, 448, 128, 2, false, 2.f, 1.f);    // 2 x 3 tiles, 7 k-tiles through 6 stages, across tiles
+    // Clusters of 2 with B multicast: each pair's CTAs take adjacent row tiles of one column tile.
+    run(300, 521, 200, 256, 2, true, 0.5f, 1.f, 2);  // one pair walks 2 x 3 units; the last unit's second row tile past M
+    run(256, 250, 576, 128, 4, false, 1.f, 0.f, 2);  // two pairs, one of them idle after its unit; 9 k-tiles through 6 stages
+    run(256, 250, 576, 128, 4, false, 1.f, 1.f, 2, 0);
+    run(512, 512, 320, 256, 2, true, 1.f, 1.f, 2);   // 2 x 2 units on one pair
     return failures;
 }
