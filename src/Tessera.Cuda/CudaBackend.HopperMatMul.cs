@@ -2,8 +2,8 @@ using Tessera.Tensors;
 
 namespace Tessera.Cuda;
 
-// The training products on Tessera's own Hopper kernel (gemm_hopper.cu, CudaBackendOptions.HopperTrainingProducts): a (M, K)
-// times b (N, K)^T, the layout of an nn.Linear's forward, with a bias, alpha and beta, on a persistent warp-specialized wgmma
+// The training products on Tessera's own Hopper kernel (gemm_hopper.cu, CudaBackendOptions.HopperTrainingProducts): an
+// nn.Linear's forward and its two gradients' layouts, with a bias, alpha, beta or an addend, on a persistent warp-specialized wgmma
 // kernel whose tiles the tensor memory accelerator copies through tensor maps encoded per launch; in clusters of two CTAs
 // sharing B's tiles by multicast (CudaBackendOptions.HopperTrainingProductMulticast).
 public sealed unsafe partial class CudaBackend
@@ -11,35 +11,45 @@ public sealed unsafe partial class CudaBackend
     private const int HopperMatMulThreads = 384, HopperMatMulBlockRows = 128, HopperMatMulMinRows = 128;
 
     /// <summary>
-    /// c (M, N) = alpha a (M, K) b (N, K)^T + bias + beta c on gemm_hopper.cu under <see cref="CudaBackendOptions.HopperTrainingProducts"/>;
-    /// false, with nothing enqueued, when the call does not fit it (then cuBLASLt runs it): rank 2, 16-bit of one dtype (c too),
-    /// a not transposed and b transposed, at least 128 rows, K a multiple of 8, unit column strides, a's and b's rows 16-byte
-    /// aligned (the tensor maps' strides and base addresses) and c's 4-byte aligned (its pairs' 32-bit stores).
+    /// c (M, N) = alpha op(a) op(b) + bias + beta c (or + <paramref name="addend"/>, of c's layout, with beta 1) on gemm_hopper.cu
+    /// under <see cref="CudaBackendOptions.HopperTrainingProducts"/>, in the layouts of an nn.Linear's three products: a (M, K)
+    /// times b (N, K)^T (nt, the forward), a (M, K) times b (K, N) (nn, the input's gradient), a (K, M)^T times b (K, N) (tn, the
+    /// weight's gradient). False, with nothing enqueued, when the call does not fit it (then cuBLASLt runs it): rank 2, 16-bit
+    /// of one dtype (c too), not both transposed, at least 128 rows, unit column strides, each operand's contiguous dimension a
+    /// multiple of 8 values and its rows 16-byte aligned (the tensor maps' strides and base addresses), c's rows 4-byte aligned
+    /// (its pairs' 32-bit stores).
     /// </summary>
-    private bool TryHopperMatMul(Tensor a, Tensor b, Tensor c, bool transposeA, bool transposeB, double alpha, double beta, Tensor? bias)
+    private bool TryHopperMatMul(Tensor a, Tensor b, Tensor c, bool transposeA, bool transposeB, double alpha, double beta, Tensor? bias,
+        Tensor? addend)
     {
-        if (!Options.HopperTrainingProducts || transposeA || !transposeB || a.Rank != 2 || b.Rank != 2 || c.Rank != 2) return false;
-        if (a.DType is not (DType.BF16 or DType.F16) || b.DType != a.DType || c.DType != a.DType) return false;
-        int m = a.Size(0), k = a.Size(1), n = b.Size(0);
-        if (m < HopperMatMulMinRows || n == 0 || k == 0 || k % 8 != 0 || b.Size(1) != k || c.Size(0) != m || c.Size(1) != n) return false;
-        if (a.Stride(1) != 1 || b.Stride(1) != 1 || c.Stride(1) != 1) return false;
+        if (!Options.HopperTrainingProducts || (transposeA && transposeB) || a.Rank != 2 || b.Rank != 2 || c.Rank != 2) return false;
+        if (a.DType is not (DType.BF16 or DType.F16) || b.DType != a.DType || c.DType != a.DType || (addend is not null && addend.DType != c.DType)) return false;
+        int m = transposeA ? a.Size(1) : a.Size(0), k = transposeA ? a.Size(0) : a.Size(1), n = transposeB ? b.Size(0) : b.Size(1);
+        if (m < HopperMatMulMinRows || n == 0 || k == 0 || (transposeB ? b.Size(1) : b.Size(0)) != k || c.Size(0) != m || c.Size(1) != n) return false;
+        if (a.Stride(1) != 1 || b.Stride(1) != 1 || c.Stride(1) != 1 || a.Size(1) % 8 != 0 || b.Size(1) % 8 != 0) return false;
         if (a.Stride(0) % 8 != 0 || b.Stride(0) % 8 != 0 || c.Stride(0) % 2 != 0) return false;
-        ulong pa = Ptr(a), pb = Ptr(b), pc = Ptr(c);
-        if (pa % 16 != 0 || pb % 16 != 0 || pc % 4 != 0 || !BiasFits(bias, a.DType, n) || !UsesHopperTrainingProducts) return false;
+        ulong pa = Ptr(a), pb = Ptr(b), pc = Ptr(c), pin = addend is null ? pc : Ptr(addend);
+        if (pa % 16 != 0 || pb % 16 != 0 || pc % 4 != 0 || pin % 4 != 0 || !BiasFits(bias, a.DType, n) || !UsesHopperTrainingProducts) return false;
+        if (addend is not null) beta = 1.0;
         int columns = Options.HopperTrainingProductColumns, cluster = Options.HopperTrainingProductMulticast ? 2 : 1;
         long units = (long)((m + HopperMatMulBlockRows * cluster - 1) / (HopperMatMulBlockRows * cluster)) * ((n + columns - 1) / columns);
         byte* maps = stackalloc byte[3 * 128 + 64];
         byte* amap = (byte*)(((nint)maps + 63) & ~(nint)63), bmap = amap + 128, cmap = bmap + 128;
-        EncodeTensorMap(amap, a.DType, pa, k, m, a.Stride(0), HopperMatMulBlockRows);
-        EncodeTensorMap(bmap, a.DType, pb, k, n, b.Stride(0), columns / cluster);   // each CTA of a cluster copies its share of B's rows
+        // K-major operands in boxes of their tile's rows (B's shared by a cluster's CTAs) by 64 of K; MN-major ones in boxes of
+        // 64 rows of K by 64.
+        if (transposeA) EncodeTensorMap(amap, a.DType, pa, m, k, a.Stride(0), 64);
+        else EncodeTensorMap(amap, a.DType, pa, k, m, a.Stride(0), HopperMatMulBlockRows);
+        if (transposeB) EncodeTensorMap(bmap, a.DType, pb, k, n, b.Stride(0), columns / cluster);
+        else EncodeTensorMap(bmap, a.DType, pb, n, k, b.Stride(0), 64);
         long ldc = c.Stride(0);
         // Staged stores: c's 64 x 64 boxes by the tensor memory accelerator, which needs its rows 16-byte aligned.
         int staged = Options.HopperTrainingProductStagedStores && ldc % 8 == 0 && pc % 16 == 0 ? 1 : 0;
         if (staged != 0) EncodeTensorMap(cmap, a.DType, pc, n, m, ldc, 64);
         ulong pbias = PtrOrNull(bias);
         float al = (float)alpha, be = (float)beta;
-        void** args = stackalloc void*[] { amap, bmap, cmap, &pbias, &pc, &m, &n, &k, &ldc, &al, &be, &staged };
-        string kernel = $"gemm_hopper_nt{(cluster > 1 ? "_mc" : "")}_{Suffix(a.DType, "MatMul")}_n{columns}";
+        void** args = stackalloc void*[] { amap, bmap, cmap, &pbias, &pc, &pin, &m, &n, &k, &ldc, &al, &be, &staged };
+        string layout = transposeA ? "tn" : transposeB ? "nt" : "nn";
+        string kernel = $"gemm_hopper_{layout}{(cluster > 1 ? "_mc" : "")}_{Suffix(a.DType, "MatMul")}_n{columns}";
         if (cluster > 1)   // persistent clusters: as many as run at once (the GPCs decide how many pairs fit), each walking units
             LaunchCluster("gemm_hopper.cu", kernel, units, (uint)cluster, HopperMatMulThreads, args, HopperMatMulShared(columns));
         else

@@ -64,8 +64,8 @@ public sealed unsafe partial class CudaBackend
         if (epilogue == MatMulEpilogue.None)
         {
             if (addend is null && (TryGemv(a, b, c, transposeA, transposeB, alpha, beta, bias)
-                || TryDecodeGemm(a, b, c, transposeA, transposeB, alpha, beta, bias)
-                || TryHopperMatMul(a, b, c, transposeA, transposeB, alpha, beta, bias))) return;
+                || TryDecodeGemm(a, b, c, transposeA, transposeB, alpha, beta, bias))) return;
+            if (TryHopperMatMul(a, b, c, transposeA, transposeB, alpha, beta, bias, addend)) return;
             MatMulCore(a, b, c, transposeA, transposeB, alpha, beta, bias, epilogue, null, null, addend);
             return;
         }

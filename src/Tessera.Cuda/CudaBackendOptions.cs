@@ -57,8 +57,9 @@ public sealed record CudaBackendOptions
     public bool HopperDecodeProducts { get; init; } = true;
 
     /// <summary>
-    /// Products of at least 128 rows of a (M, K) times b (N, K)^T with no fused epilogue but a bias (an nn.Linear's forward, the
-    /// training products' largest family), 16-bit, on a compute capability 9.0 device, run on Tessera's warp-specialized
+    /// Products of at least 128 rows in the layouts of an nn.Linear's forward and its two gradients (a (M, K) times b (N, K)^T,
+    /// a (M, K) times b (K, N), a (K, M)^T times b (K, N)) with no fused epilogue but a bias or an addend, 16-bit, on a compute
+    /// capability 9.0 device, run on Tessera's warp-specialized
     /// persistent wgmma kernel (gemm_hopper.cu: a producer warpgroup copying tiles by the tensor memory accelerator, two consumer
     /// warpgroups) instead of cuBLASLt. It is the start of a product of ours at cuBLASLt's rate, which the fusions cuBLASLt
     /// cannot do need. Default false until it measures at least level with cuBLASLt (docs/benchmarks.md, session 44).

@@ -1,5 +1,8 @@
-// The training products on Hopper (sm_90a): C (M, N) = alpha A (M, K) B (N, K)^T + bias + beta C, A and B 16-bit and
-// K-contiguous (an nn.Linear's forward: activations times the weight), fp32 accumulation, C in A's type. cuBLASLt runs these
+// The training products on Hopper (sm_90a): C (M, N) = alpha op(A) op(B) + bias + beta C_in, A and B 16-bit, fp32
+// accumulation, C in A's type, C_in C itself or an addend of its layout (the residual). Three layouts, an nn.Linear's three
+// products: nt, the forward (A (M, K) the activations, B (N, K) the weight, both K-contiguous); nn, the input's gradient (A
+// (M, K) the output's gradient, B (K, N) the weight: N-contiguous, "MN-major"); tn, the weight's gradient (A stored (K, M),
+// the output's gradient, and B (K, N) the input: both MN-major). cuBLASLt runs these
 // at about 86 % of the measured tensor-core peak at llama-1b's shapes (docs/cuda-notes.md); this kernel is the start of a
 // product of ours at that rate, which the fusions cuBLASLt cannot do (SwiGLU, RMSNorm's statistics in the epilogue) need.
 //
@@ -10,8 +13,9 @@
 // - Warp-specialized, three warpgroups: warpgroup 0 is the producer (one thread issues the tensor memory accelerator's
 //   copies; the warpgroup gives its registers back), warpgroups 1 and 2 the consumers, each the tile's 64 rows 64 (w - 1)
 //   on as wgmma m64nBNk16 with A and B read from shared memory (128 accumulators a thread at BN = 256).
-// - A ring of ST stages, each A's box (128 rows by 64 columns of K) and B's (BN rows by 64), in the 128-byte swizzle
-//   (hopper.cuh). Stage s has two transaction barriers: full[s] (the producer's one arrival announcing the stage's bytes;
+// - A ring of ST stages, each A's tile (128 rows by 64 of K) and B's (BN by 64), in the 128-byte swizzle (hopper.cuh): a
+//   K-major operand as one box of 128-byte rows of K, an MN-major one as boxes of 64 K rows by 64 of M (or N), one 8 KB
+//   block per 64, which wgmma reads transposed (the descriptor's leading offset from one block to the next). Stage s has two transaction barriers: full[s] (the producer's one arrival announcing the stage's bytes;
 //   complete when they have landed) and empty[s] (one arrival by each consumer warpgroup once its products that read the
 //   stage are done). The k-tiles of every tile a CTA takes are numbered in one sequence i; k-tile i uses stage i % ST in
 //   phase (i / ST) & 1, so the producer runs up to ST k-tiles ahead, across tile boundaries (the next tile's first stages
@@ -39,21 +43,19 @@ __device__ __forceinline__ void gh_tile(int t, int tiles_m, int tiles_n, int& tm
 // Output (m, n) and (m, n + 1) from their fp32 sums as store_product writes each: alpha * sum + bias[n] + beta * c, rounded
 // to T; one 32-bit store where both exist (n even, the row's start 4-byte aligned: the host's conditions).
 template <typename T>
-__device__ __forceinline__ void gh_store_pair(T* row, int n, int N, float s0, float s1, float alpha, const T* bias, float beta)
+__device__ __forceinline__ void gh_store_pair(T* row, const T* in, int n, int N, float s0, float s1, float alpha, const T* bias, float beta)
 {
-    if (n + 1 < N)
-    {
-        float v0 = alpha * s0, v1 = alpha * s1;
-        if (bias) { v0 += to_f(bias[n]); v1 += to_f(bias[n + 1]); }
-        if (beta != 0.f) { v0 += beta * to_f(row[n]); v1 += beta * to_f(row[n + 1]); }
-        *reinterpret_cast<unsigned*>(row + n) = pack2<T>(v0, v1);
-    }
-    else if (n < N) store_product(row, n, s0, alpha, bias, n, beta);
+    if (n >= N) return;
+    float v0 = alpha * s0, v1 = alpha * s1;
+    if (bias) { v0 += to_f(bias[n]); if (n + 1 < N) v1 += to_f(bias[n + 1]); }
+    if (beta != 0.f) { v0 += beta * to_f(in[n]); if (n + 1 < N) v1 += beta * to_f(in[n + 1]); }
+    if (n + 1 < N) *reinterpret_cast<unsigned*>(row + n) = pack2<T>(v0, v1);
+    else row[n] = from_f<T>(v0);
 }
 
-template <typename T, int BN, int ST, int CL>
-__device__ void gemm_hopper_nt(const TensorMap* amap, const TensorMap* bmap, const TensorMap* cmap, const T* bias, T* c, int M, int N,
-                               int K, i64 ldc, float alpha, float beta, int staged)
+template <typename T, int BN, int ST, int CL, bool TA, bool TB>
+__device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const TensorMap* cmap, const T* bias, T* c, const T* cin,
+                            int M, int N, int K, i64 ldc, float alpha, float beta, int staged)
 {
     constexpr int AT = GH_BM * GH_BK * 2, BT = BN * GH_BK * 2, STAGE = AT + BT;   // bytes; each a multiple of 1,024
     constexpr int EP = 64 * 64 * 2;                        // an epilogue buffer: 64 rows by 64 columns, two a consumer warpgroup
@@ -100,11 +102,26 @@ __device__ void gemm_hopper_nt(const TensorMap* amap, const TensorMap* bmap, con
                     // Handed back by the consumers of every CTA this stage's B copy lands in (its first use passes at once).
                     mbar_wait(empty(s), ((i / ST) & 1) ^ 1);
                     mbar_arrive_expect_tx(full(s), STAGE);
-                    tma_load_2d(smem + s * STAGE, amap, kt * GH_BK, tm * GH_BM, full(s));
-                    if constexpr (CL == 1) tma_load_2d(smem + s * STAGE + AT, bmap, kt * GH_BK, tn * BN, full(s));
-                    else   // this CTA's share of B's rows, into every CTA of the cluster
-                        tma_load_2d_multicast(smem + s * STAGE + AT + rank * (BT / CL), bmap, kt * GH_BK, tn * BN + rank * (BN / CL),
-                                              full(s), (unsigned short)((1u << CL) - 1));
+                    const unsigned sa = smem + s * STAGE, sb = sa + AT + rank * (BT / CL);   // B: this CTA's share
+                    if constexpr (!TA) tma_load_2d(sa, amap, kt * GH_BK, tm * GH_BM, full(s));
+                    else
+#pragma unroll
+                        for (int h = 0; h < GH_BM / 64; h++) tma_load_2d(sa + h * 8192, amap, tm * GH_BM + 64 * h, kt * GH_BK, full(s));
+                    // This CTA's share of B's BN columns (all of them alone), into every CTA of the cluster.
+                    const int n0 = tn * BN + rank * (BN / CL);
+                    constexpr unsigned short everyone = (unsigned short)((1u << CL) - 1);
+                    if constexpr (!TB)
+                    {
+                        if constexpr (CL == 1) tma_load_2d(sb, bmap, kt * GH_BK, n0, full(s));
+                        else tma_load_2d_multicast(sb, bmap, kt * GH_BK, n0, full(s), everyone);
+                    }
+                    else
+#pragma unroll
+                        for (int h = 0; h < BN / CL / 64; h++)
+                        {
+                            if constexpr (CL == 1) tma_load_2d(sb + h * 8192, bmap, n0 + 64 * h, kt * GH_BK, full(s));
+                            else tma_load_2d_multicast(sb + h * 8192, bmap, n0 + 64 * h, kt * GH_BK, full(s), everyone);
+                        }
                 }
             }
         }
@@ -132,11 +149,15 @@ __device__ void gemm_hopper_nt(const TensorMap* amap, const TensorMap* bmap, con
                 const int s = i % ST;
                 mbar_wait(full(s), (i / ST) & 1);
                 const unsigned sa = smem + s * STAGE;
-                const u64 ad = sw128_descriptor(sa + w * 64 * 128, 16, 1024), bd = sw128_descriptor(sa + AT, 16, 1024);
+                // K-major: this warpgroup's 64 rows from row 64 w, a k16 step 32 bytes along the rows; MN-major: its 8 KB block
+                // w, blocks 8 KB apart, a k16 step 16 rows of 128 bytes down.
+                const u64 ad = TA ? sw128_descriptor(sa + w * 8192, 8192, 1024) : sw128_descriptor(sa + w * 64 * 128, 16, 1024);
+                const u64 bd = TB ? sw128_descriptor(sa + AT, 8192, 1024) : sw128_descriptor(sa + AT, 16, 1024);
+                constexpr unsigned astep = TA ? 2048 : 32, bstep = TB ? 2048 : 32;
                 wgmma_fence();
 #pragma unroll
                 for (int kk = 0; kk < GH_BK / 16; kk++)
-                    Wgmma<T, BN>::ss(acc, desc_plus(ad, kk * 32), desc_plus(bd, kk * 32), kt > 0 || kk > 0);
+                    WgmmaSs<T, BN>::template run<TA, TB>(acc, desc_plus(ad, kk * astep), desc_plus(bd, kk * bstep), kt > 0 || kk > 0);
                 wgmma_commit();
                 wgmma_wait<1>();                           // k-tile i - 1's products are done: its stage goes back
                 if (kt > 0) hand_back((i - 1) % ST);
@@ -170,8 +191,8 @@ __device__ void gemm_hopper_nt(const TensorMap* amap, const TensorMap* bmap, con
                             }
                             if (beta != 0.f && m < M)
                             {
-                                if (n < N) v0 += beta * to_f(c[(i64)m * ldc + n]);
-                                if (n + 1 < N) v1 += beta * to_f(c[(i64)m * ldc + n + 1]);
+                                if (n < N) v0 += beta * to_f(cin[(i64)m * ldc + n]);
+                                if (n + 1 < N) v1 += beta * to_f(cin[(i64)m * ldc + n + 1]);
                             }
                             // columns 8 jj + 2 c4 (+ 1) of the chunk: bytes 16 jj + 4 c4 of the row, chunk jj swizzled by the row
                             sts_u32(buf + row * 128 + ((jj ^ (row & 7)) << 4) + c4 * 4, pack2<T>(v0, v1));
@@ -194,9 +215,10 @@ __device__ void gemm_hopper_nt(const TensorMap* amap, const TensorMap* bmap, con
                     const int m = mw + 16 * warp + g + 8 * r;
                     if (m >= M) continue;
                     T* const row = c + (i64)m * ldc;
+                    const T* const in = cin + (i64)m * ldc;
 #pragma unroll
                     for (int j = 0; j < BN / 8; j++)
-                        gh_store_pair(row, n0 + 8 * j + 2 * c4, N, acc[4 * j + 2 * r], acc[4 * j + 2 * r + 1], alpha, bias, beta);
+                        gh_store_pair(row, in, n0 + 8 * j + 2 * c4, N, acc[4 * j + 2 * r], acc[4 * j + 2 * r + 1], alpha, bias, beta);
                 }
             }
         }
@@ -209,20 +231,23 @@ __device__ void gemm_hopper_nt(const TensorMap* amap, const TensorMap* bmap, con
     }
 }
 
-// a (M rows of K) in boxes of 128 rows by 64 columns, b (N rows of K) in boxes of BN / CL rows by 64, c (M rows of N) in
-// boxes of 64 rows by 64 columns (read only when staged is nonzero), all in the 128-byte swizzle. The _mc kernels run in
-// thread-block clusters of 2 CTAs along x (the host launches them so, gridDim.x even): the
-// pair's CTAs take two adjacent row tiles of one column tile, and each copies half of B's tile into both (multicast), so
-// each B tile crosses from L2 once for two CTAs (each k-tile's L2 traffic 32 KB a CTA instead of 48 at 256 columns).
-#define GEMM_HOPPER_NT(name, t, BN, ST, CL, tag)                                                                          \
-    extern "C" __global__ void __launch_bounds__(GH_THREADS, 1) gemm_hopper_nt##tag##_##name##_n##BN(                     \
+// The kernels gemm_hopper_{nt,nn,tn}[_mc]_{bf16,f16}_n{256,128}. Tensor maps, all in the 128-byte swizzle: a as stored, (M
+// rows of K) in boxes of 128 rows by 64 columns (nt, nn) or (K rows of M) in boxes of 64 by 64 (tn); b as stored, (N rows of K)
+// in boxes of BN / CL rows by 64 (nt) or (K rows of N) in boxes of 64 by 64 (nn, tn); c (M rows of N) in boxes of 64 rows by
+// 64 columns (read only when staged is nonzero). The _mc kernels run in thread-block clusters of 2 CTAs along x (the host
+// launches them so, gridDim.x even): the pair's CTAs take two adjacent row tiles of one column tile, and each copies half of
+// B's tile into both (multicast), so each B tile crosses from L2 once for two CTAs (each k-tile's L2 traffic 32 KB a CTA
+// instead of 48 at 256 columns).
+#define GEMM_HOPPER(layout, TA, TB, name, t, BN, ST, CL, tag)                                                             \
+    extern "C" __global__ void __launch_bounds__(GH_THREADS, 1) gemm_hopper_##layout##tag##_##name##_n##BN(               \
         const __grid_constant__ TensorMap amap, const __grid_constant__ TensorMap bmap,                                   \
-        const __grid_constant__ TensorMap cmap, const t* bias, t* c, int M, int N, int K, i64 ldc, float alpha,           \
-        float beta, int staged)                                                                                           \
+        const __grid_constant__ TensorMap cmap, const t* bias, t* c, const t* cin, int M, int N, int K, i64 ldc,          \
+        float alpha, float beta, int staged)                                                                              \
     {                                                                                                                     \
-        gemm_hopper_nt<t, BN, ST, CL>(&amap, &bmap, &cmap, bias, c, M, N, K, ldc, alpha, beta, staged);                   \
+        gemm_hopper<t, BN, ST, CL, TA, TB>(&amap, &bmap, &cmap, bias, c, cin, M, N, K, ldc, alpha, beta, staged);         \
     }
-GEMM_HOPPER_NT(bf16, bf16, 256, 4, 1, ) GEMM_HOPPER_NT(bf16, bf16, 128, 6, 1, )
-GEMM_HOPPER_NT(f16, f16, 256, 4, 1, ) GEMM_HOPPER_NT(f16, f16, 128, 6, 1, )
-GEMM_HOPPER_NT(bf16, bf16, 256, 4, 2, _mc) GEMM_HOPPER_NT(bf16, bf16, 128, 6, 2, _mc)
-GEMM_HOPPER_NT(f16, f16, 256, 4, 2, _mc) GEMM_HOPPER_NT(f16, f16, 128, 6, 2, _mc)
+#define GEMM_HOPPER_LAYOUT(layout, TA, TB, name, t)                                                                       \
+    GEMM_HOPPER(layout, TA, TB, name, t, 256, 4, 1, ) GEMM_HOPPER(layout, TA, TB, name, t, 256, 4, 2, _mc)                \
+    GEMM_HOPPER(layout, TA, TB, name, t, 128, 6, 1, ) GEMM_HOPPER(layout, TA, TB, name, t, 128, 6, 2, _mc)
+GEMM_HOPPER_LAYOUT(nt, false, false, bf16, bf16) GEMM_HOPPER_LAYOUT(nn, false, true, bf16, bf16) GEMM_HOPPER_LAYOUT(tn, true, true, bf16, bf16)
+GEMM_HOPPER_LAYOUT(nt, false, false, f16, f16) GEMM_HOPPER_LAYOUT(nn, false, true, f16, f16) GEMM_HOPPER_LAYOUT(tn, true, true, f16, f16)

@@ -290,30 +290,31 @@ template <> struct Wgmma<f16, 128>
     }
 };
 
-// m64n256k16 from two shared-memory K-major operands (the training products, gemm_hopper.cu): 128 accumulators a thread.
-template <> struct Wgmma<bf16, 256>
-{
-    // d (64 x 256) = a (64 x 16, shared, K-major) * b (16 x 256, shared, K-major) (+ d when accumulate)
-    static __device__ __forceinline__ void ss(float* d, u64 a, u64 b, int accumulate)
-    {
-        HOPPER_ASM("{ .reg .pred p; setp.ne.b32 p, %130, 0; "
-                     "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 " WG_REGS256 ", %128, %129, p, 1, 1, 0, 0; }"
-                     : WG_ACC256(d) : "l"(a), "l"(b), "r"(accumulate));
+// wgmma m64nNk16 (N 128 or 256) from two shared-memory operands, each K-major or MN-major (TA, TB: stored as rows of k, read
+// transposed), fp32 accumulators (the training products, gemm_hopper.cu).
+template <typename T, int N> struct WgmmaSs;
+#define WGMMA_SS(T, ptx, N, ACC, REGS, A, B, P, TA_, TB_)                                                                 \
+    template <> struct WgmmaSs<T, N>                                                                                      \
+    {                                                                                                                     \
+        template <bool TA, bool TB> static __device__ __forceinline__ void run(float* d, u64 a, u64 b, int accumulate)    \
+        {                                                                                                                 \
+            HOPPER_ASM("{ .reg .pred p; setp.ne.b32 p, %" P ", 0; wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." ptx "." ptx " " \
+                       REGS ", %" A ", %" B ", p, 1, 1, %" TA_ ", %" TB_ "; }"                                              \
+                       : ACC(d) : "l"(a), "l"(b), "r"(accumulate), "n"(TA ? 1 : 0), "n"(TB ? 1 : 0));                     \
+            WGMMA_SS_EMULATED(T, N)                                                                                       \
+        }                                                                                                                 \
+    };
 #ifndef __CUDA_ARCH__
-        emu_wgmma(d, 256, nullptr, a, false, b, false, accumulate != 0, emu_bf16_bits);
+#define WGMMA_SS_EMULATED(T, N) if (sizeof(T) == 2 && emu_is_bf16<T>()) emu_wgmma(d, N, nullptr, a, TA, b, TB, accumulate != 0, emu_bf16_bits);
+template <typename T> constexpr bool emu_is_bf16() { return false; }
+template <> constexpr bool emu_is_bf16<bf16>() { return true; }
+#else
+#define WGMMA_SS_EMULATED(T, N)
 #endif
-    }
-};
-template <> struct Wgmma<f16, 256>
-{
-    // d (64 x 256) = a (64 x 16, shared, K-major) * b (16 x 256, shared, K-major) (+ d when accumulate)
-    static __device__ __forceinline__ void ss(float* d, u64 a, u64 b, int accumulate)
-    {
-        HOPPER_ASM("{ .reg .pred p; setp.ne.b32 p, %130, 0; "
-                     "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 " WG_REGS256 ", %128, %129, p, 1, 1, 0, 0; }"
-                     : WG_ACC256(d) : "l"(a), "l"(b), "r"(accumulate));
-    }
-};
+WGMMA_SS(bf16, "bf16", 256, WG_ACC256, WG_REGS256, "128", "129", "130", "131", "132")
+WGMMA_SS(f16, "f16", 256, WG_ACC256, WG_REGS256, "128", "129", "130", "131", "132")
+WGMMA_SS(bf16, "bf16", 128, WG_ACC128, WG_REGS128, "64", "65", "66", "67", "68")
+WGMMA_SS(f16, "f16", 128, WG_ACC128, WG_REGS128, "64", "65", "66", "67", "68")
 
 // The dQ product of the backward: both operands transposed (stored as rows of k), N = 64.
 template <typename T> struct WgmmaT;

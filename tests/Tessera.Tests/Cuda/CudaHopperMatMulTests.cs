@@ -6,45 +6,64 @@ namespace Tessera.Tests.Cuda;
 
 /// <summary>
 /// The training products on Tessera's Hopper kernel (gemm_hopper.cu, <see cref="CudaBackendOptions.HopperTrainingProducts"/>)
-/// on a compute capability 9.0 device: a (M, K) times b (N, K)^T through <see cref="IBackend.MatMul"/>, against an f64
-/// reference on the same rounded inputs at shapes with every dimension short of a tile (<see cref="CudaTestBase.Tolerance"/>:
-/// 1e-2 norm-wise for a bf16 or f16 output), and against cuBLASLt on the default backend at llama-1b's shapes (the same
-/// tolerance: both sum exact 16-bit products in fp32, in different orders). Both output tile widths, bias, alpha, beta = 1,
-/// the output's row-stride padding untouched, in clusters of two CTAs sharing B by multicast and without, the output staged
-/// through shared memory and stored by the tensor memory accelerator (c's rows 16-byte aligned) and stored from registers. Each checks from the op profiler's kernel names that gemm_hopper ran, so a call
-/// that fell back to cuBLASLt would fail. Skips, saying why, on other devices.
+/// on a compute capability 9.0 device, through <see cref="IBackend.MatMul"/> in an nn.Linear's three layouts: nt (a (M, K) times
+/// b (N, K)^T, the forward), nn (a (M, K) times b (K, N), the input's gradient) and tn (a (K, M)^T times b (K, N), the weight's
+/// gradient). Against an f64 reference on the same rounded inputs at shapes with every dimension short of a tile
+/// (<see cref="CudaTestBase.Tolerance"/>: 1e-2 norm-wise for a bf16 or f16 output), and against cuBLASLt on the default backend
+/// at llama-1b's shapes (the same tolerance: both sum exact 16-bit products in fp32, in different orders). Both output tile
+/// widths, bias, alpha, beta = 1, the residual as an addend, the output's row-stride padding untouched, in clusters of two CTAs
+/// sharing B by multicast and without, the output staged through shared memory and stored by the tensor memory accelerator
+/// (c's rows 16-byte aligned) and stored from registers. Each checks from the op profiler's kernel names that gemm_hopper ran,
+/// so a call that fell back to cuBLASLt would fail. Skips, saying why, on other devices.
 /// </summary>
 [Collection("cuda")]
 public sealed class CudaHopperMatMulTests(CudaFixture fixture) : CudaTestBase(fixture)
 {
     [Theory]
-    [InlineData(DType.BF16, 300, 521, 200, 256, true, 0.5, 1.0, true)]    // M, N (odd), K each short of a tile
-    [InlineData(DType.BF16, 300, 521, 200, 256, true, 0.5, 1.0, false)]
-    [InlineData(DType.BF16, 130, 251, 64, 128, false, 1.0, 0.0, true)]    // the pair's second row tile past M
-    [InlineData(DType.BF16, 130, 251, 64, 128, false, 1.0, 0.0, false)]
-    [InlineData(DType.F16, 256, 384, 448, 256, true, 1.0, 0.0, true)]
-    [InlineData(DType.BF16, 1000, 777, 1032, 128, true, 2.0, 1.0, true)]  // 17 k-tiles through 6 stages, across tiles
-    [InlineData(DType.BF16, 1000, 777, 1032, 256, true, 2.0, 1.0, false)]
-    public void ProductsMatchTheReferenceAndCublasLt(DType dtype, int m, int n, int k, int columns, bool withBias, double alpha, double beta,
-        bool multicast)
+    [InlineData(DType.BF16, "nt", 300, 521, 200, 256, true, 0.5, 1.0, true)]    // M, N (odd), K each short of a tile
+    [InlineData(DType.BF16, "nt", 300, 521, 200, 256, true, 0.5, 1.0, false)]
+    [InlineData(DType.BF16, "nt", 130, 251, 64, 128, false, 1.0, 0.0, true)]    // the pair's second row tile past M
+    [InlineData(DType.BF16, "nt", 130, 251, 64, 128, false, 1.0, 0.0, false)]
+    [InlineData(DType.F16, "nt", 256, 384, 448, 256, true, 1.0, 0.0, true)]
+    [InlineData(DType.BF16, "nt", 1000, 777, 1032, 128, true, 2.0, 1.0, true)]  // 17 k-tiles through 6 stages, across tiles
+    [InlineData(DType.BF16, "nt", 1000, 777, 1032, 256, true, 2.0, 1.0, false)]
+    [InlineData(DType.BF16, "nn", 300, 520, 200, 256, false, 1.0, 0.0, true)]   // the input's gradient: b read transposed
+    [InlineData(DType.BF16, "nn", 1000, 776, 1032, 128, true, 1.0, 1.0, false)]
+    [InlineData(DType.F16, "nn", 256, 392, 320, 256, false, 1.0, 1.0, true)]
+    [InlineData(DType.BF16, "tn", 264, 520, 200, 256, false, 1.0, 1.0, true)]   // the weight's gradient, accumulated (beta = 1)
+    [InlineData(DType.BF16, "tn", 1000, 776, 1032, 256, false, 1.0, 1.0, false)]
+    [InlineData(DType.F16, "tn", 392, 256, 136, 128, true, 0.5, 0.0, true)]
+    public void ProductsMatchTheReferenceAndCublasLt(DType dtype, string layout, int m, int n, int k, int columns, bool withBias,
+        double alpha, double beta, bool multicast)
     {
         foreach (bool aligned in new[] { true, false })
-            ProductMatchesTheReferenceAndCublasLt(dtype, m, n, k, columns, withBias, alpha, beta, multicast, aligned);
+            ProductMatchesTheReferenceAndCublasLt(dtype, layout, m, n, k, columns, withBias, alpha, beta, multicast, aligned, addend: false);
     }
 
-    /// <summary>One case of <see cref="ProductsMatchTheReferenceAndCublasLt"/>: c's rows a multiple of 8 values apart (16 bytes:
-    /// the staged stores by the tensor memory accelerator) or not (the stores straight from registers).</summary>
-    private void ProductMatchesTheReferenceAndCublasLt(DType dtype, int m, int n, int k, int columns, bool withBias, double alpha, double beta,
-        bool multicast, bool aligned)
+    /// <summary>The forward with the residual as an addend (an output or down projection's form): the beta term reads it.</summary>
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void TheResidualAddendIsAdded(bool multicast) =>
+        ProductMatchesTheReferenceAndCublasLt(DType.BF16, "nt", 300, 264, 200, 256, false, 1.0, 0.0, multicast, aligned: true, addend: true);
+
+    /// <summary>
+    /// One case: c's rows a multiple of 8 values apart (16 bytes: the staged stores by the tensor memory accelerator) or not
+    /// (the stores straight from registers); with <paramref name="addend"/>, the beta term reads a tensor of c's layout.
+    /// </summary>
+    private void ProductMatchesTheReferenceAndCublasLt(DType dtype, string layout, int m, int n, int k, int columns, bool withBias,
+        double alpha, double beta, bool multicast, bool aligned, bool addend)
     {
         using var hopper = HopperBackend(columns, multicast);
         // c's rows are ld apart (even), past n: the padding must stay as it was.
         int ld = aligned ? (n + 15) / 8 * 8 : (n + 8 + n % 2) % 8 != 0 ? n + 8 + n % 2 : n + 10;
-        var (av, bv, biasv, c0) = (Values(m * k, 1.0), Values(n * k, 0.05), Values(n, 0.5), Values(m * ld, 1.0));
-        var got = Run(hopper, dtype, av, bv, withBias ? biasv : null, c0, m, n, k, ld, alpha, beta);
-        AssertRanOn(hopper, dtype, columns, multicast);
-        var cublas = Run(Gpu, dtype, av, bv, withBias ? biasv : null, c0, m, n, k, ld, alpha, beta);
-        double[] sa = Stored(av, dtype), sb = Stored(bv, dtype), sbias = Stored(biasv, dtype), sc = Stored(c0, dtype);
+        var (av, bv, biasv, c0, addv) = (Values(m * k, 1.0), Values(n * k, 0.05), Values(n, 0.5), Values(m * ld, 1.0), Values(m * ld, 1.0));
+        var product = new Product(dtype, layout, m, n, k, ld, alpha, beta, withBias ? biasv : null, addend ? addv : null);
+        var got = product.Run(hopper, av, bv, c0);
+        AssertRanOn(hopper, dtype, layout, columns, multicast);
+        var cublas = product.Run(Gpu, av, bv, c0);
+        double[] sa = Stored(av, dtype), sb = Stored(bv, dtype), sbias = Stored(biasv, dtype), sc = Stored(addend ? addv : c0, dtype);
+        double[] sc0 = Stored(c0, dtype);
         var expected = new double[m * n];
         var gotTile = new double[m * n];
         var cublasTile = new double[m * n];
@@ -53,44 +72,62 @@ public sealed class CudaHopperMatMulTests(CudaFixture fixture) : CudaTestBase(fi
             for (int c = 0; c < n; c++)
             {
                 double s = 0;
-                for (int i = 0; i < k; i++) s += sa[r * k + i] * sb[c * k + i];
-                expected[r * n + c] = alpha * s + (withBias ? sbias[c] : 0) + beta * sc[r * ld + c];
+                for (int i = 0; i < k; i++) s += sa[product.AIndex(r, i)] * sb[product.BIndex(i, c)];
+                expected[r * n + c] = alpha * s + (withBias ? sbias[c] : 0) + (addend ? 1.0 : beta) * sc[r * ld + c];
                 gotTile[r * n + c] = got[r * ld + c];
                 cublasTile[r * n + c] = cublas[r * ld + c];
             }
-            for (int c = n; c < ld; c++) Assert.Equal(sc[r * ld + c], got[r * ld + c]);
+            for (int c = n; c < ld; c++) Assert.Equal(sc0[r * ld + c], got[r * ld + c]);
         }
-        string what = $"{dtype} {m}x{n}x{k} n{columns} multicast {multicast} row stride {ld}";
+        string what = $"{dtype} {layout} {m}x{n}x{k} n{columns} multicast {multicast} row stride {ld}{(addend ? " addend" : "")}";
         AssertClose(expected, gotTile, Tolerance(dtype), "gemm_hopper " + what);
         AssertClose(cublasTile, gotTile, Tolerance(dtype), "gemm_hopper against cuBLASLt " + what);
     }
 
-    /// <summary>llama-1b's forward products (QKV, output, gate/up, down) at 2,048 rows and one short of a tile, against cuBLASLt.</summary>
+    /// <summary>llama-1b's products at 2,048 rows and one short of a tile, against cuBLASLt: the forward's (QKV, output,
+    /// gate/up, down), an input gradient's and a weight gradient's.</summary>
     [Theory]
-    [InlineData(2048, 3072, 2048, 256, true)]
-    [InlineData(2048, 2048, 2048, 128, true)]
-    [InlineData(2000, 16384, 2048, 256, true)]
-    [InlineData(2048, 2048, 8192, 256, true)]
-    [InlineData(2048, 3072, 2048, 256, false)]
-    public void LlamaShapesMatchCublasLt(int m, int n, int k, int columns, bool multicast)
+    [InlineData("nt", 2048, 3072, 2048, 256, true)]
+    [InlineData("nt", 2048, 2048, 2048, 128, true)]
+    [InlineData("nt", 2000, 16384, 2048, 256, true)]
+    [InlineData("nt", 2048, 2048, 8192, 256, true)]
+    [InlineData("nt", 2048, 3072, 2048, 256, false)]
+    [InlineData("nn", 2048, 2048, 8192, 256, true)]    // the down product's input gradient
+    [InlineData("nn", 2000, 2048, 3072, 256, false)]   // QKV's
+    [InlineData("tn", 8192, 2048, 2048, 256, true)]    // the down product's weight gradient over 2,048 tokens
+    [InlineData("tn", 3072, 2048, 2000, 256, false)]
+    public void LlamaShapesMatchCublasLt(string layout, int m, int n, int k, int columns, bool multicast)
     {
         using var hopper = HopperBackend(columns, multicast);
         var (av, bv) = (Values(m * k, 1.0), Values(n * k, 0.05));
         var c0 = new double[m * n];
-        var got = Run(hopper, DType.BF16, av, bv, null, c0, m, n, k, n, 1.0, 0.0);
-        AssertRanOn(hopper, DType.BF16, columns, multicast);
-        var cublas = Run(Gpu, DType.BF16, av, bv, null, c0, m, n, k, n, 1.0, 0.0);
-        AssertClose(cublas, got, Tolerance(DType.BF16), $"gemm_hopper against cuBLASLt bf16 {m}x{n}x{k} n{columns} multicast {multicast}");
+        var product = new Product(DType.BF16, layout, m, n, k, n, 1.0, 0.0, null, null);
+        var got = product.Run(hopper, av, bv, c0);
+        AssertRanOn(hopper, DType.BF16, layout, columns, multicast);
+        var cublas = product.Run(Gpu, av, bv, c0);
+        AssertClose(cublas, got, Tolerance(DType.BF16), $"gemm_hopper against cuBLASLt bf16 {layout} {m}x{n}x{k} n{columns} multicast {multicast}");
     }
 
-    private static double[] Run(CudaBackend backend, DType dtype, double[] av, double[] bv, double[]? biasv, double[] c0,
-        int m, int n, int k, int ld, double alpha, double beta)
+    /// <summary>c (m, n), ld apart, = alpha op(a) op(b) + bias + beta c (or + the addend) in one of the three layouts; a and b
+    /// are uploaded as stored: nt a (m, k) b (n, k), nn a (m, k) b (k, n), tn a (k, m) b (k, n).</summary>
+    private sealed record Product(DType DType, string Layout, int M, int N, int K, int Ld, double Alpha, double Beta, double[]? Bias, double[]? Addend)
     {
-        var a = Upload(backend, av, dtype, m, k);
-        var b = Upload(backend, bv, dtype, n, k);
-        var c = Upload(backend, c0, dtype, m, ld);
-        backend.MatMul(a, b, c.Slice(1, 0, n), transposeB: true, alpha: alpha, beta: beta, bias: biasv is null ? null : Upload(backend, biasv, dtype, n));
-        return Download(backend, c);
+        private bool TransposeA => Layout[0] == 't';
+        private bool TransposeB => Layout == "nt";
+
+        public int AIndex(int m, int k) => TransposeA ? k * M + m : m * K + k;
+        public int BIndex(int k, int n) => TransposeB ? n * K + k : k * N + n;
+
+        public double[] Run(CudaBackend backend, double[] av, double[] bv, double[] c0)
+        {
+            var a = TransposeA ? Upload(backend, av, DType, K, M) : Upload(backend, av, DType, M, K);
+            var b = TransposeB ? Upload(backend, bv, DType, N, K) : Upload(backend, bv, DType, K, N);
+            var c = Upload(backend, c0, DType, M, Ld);
+            var addend = Addend is null ? null : Upload(backend, Addend, DType, M, Ld).Slice(1, 0, N);
+            backend.MatMul(a, b, c.Slice(1, 0, N), transposeA: TransposeA, transposeB: TransposeB, alpha: Alpha, beta: Beta,
+                bias: Bias is null ? null : Upload(backend, Bias, DType, N), addend: addend);
+            return Download(backend, c);
+        }
     }
 
     /// <summary>A backend with the Hopper training products at <paramref name="columns"/> a tile (in clusters of two sharing
@@ -106,11 +143,11 @@ public sealed class CudaHopperMatMulTests(CudaFixture fixture) : CudaTestBase(fi
     }
 
     /// <summary>The product ran on gemm_hopper (the op profiler's kernel names), not on cuBLASLt.</summary>
-    private static void AssertRanOn(CudaBackend backend, DType dtype, int columns, bool multicast)
+    private static void AssertRanOn(CudaBackend backend, DType dtype, string layout, int columns, bool multicast)
     {
         Assert.True(backend.HopperTrainingProductsUnavailableReason is null,
             $"gemm_hopper does not run on this 9.0 device: {backend.HopperTrainingProductsUnavailableReason}");
-        string name = $"gemm_hopper_nt{(multicast ? "_mc" : "")}_{(dtype == DType.BF16 ? "bf16" : "f16")}_n{columns}";
+        string name = $"gemm_hopper_{layout}{(multicast ? "_mc" : "")}_{(dtype == DType.BF16 ? "bf16" : "f16")}_n{columns}";
         Assert.Contains(backend.Profiler!.Totals(), r => r.Name == name);
     }
 

@@ -132,7 +132,9 @@ public sealed class KernelEmulationTests
             "HOPPER");
 
     /// <summary>
-    /// The training products' Hopper kernel (gemm_hopper.cu, with hopper.cuh): persistent CTAs, a producer warpgroup filling a
+    /// The training products' Hopper kernel (gemm_hopper.cu, with hopper.cuh) in an nn.Linear's three layouts (the forward's
+    /// K-major operands; the input gradient's B and the weight gradient's A and B MN-major, read transposed by wgmma; the
+    /// residual as an addend): persistent CTAs, a producer warpgroup filling a
     /// ring of stages through the tensor memory accelerator against transaction barriers, two consumer warpgroups on wgmma
     /// m64n256k16 and m64n128k16 handing each stage back through a second barrier. Emulation/gemm_hopper.cpp runs it against a
     /// double reference (tolerance 8e-3 of the largest output, a bf16 store) with every dimension short of a tile, N odd, fewer
@@ -147,9 +149,13 @@ public sealed class KernelEmulationTests
         RunEmulated(["hopper.cuh", "gemm_hopper.cu"], "gemm_hopper",
             ["gemm_hopper_nt M=300 N=521 K=200 BN=256 ctas=2 bias=1 beta=1", "gemm_hopper_nt M=300 N=521 K=200 BN=256 ctas=2 bias=1 beta=1: pads",
              "gemm_hopper_nt M=130 N=251 K=64 BN=128 ctas=3 bias=0 beta=0", "gemm_hopper_nt M=128 N=256 K=576 BN=256 ctas=1 bias=1 beta=0",
-             "gemm_hopper_nt M=256 N=384 K=448 BN=128 ctas=2 bias=0 beta=1", "gemm_hopper_nt_mc M=300 N=521 K=200 BN=256 ctas=2 bias=1 beta=1",
-             "gemm_hopper_nt_mc M=256 N=250 K=576 BN=128 ctas=4 bias=0 beta=0", "gemm_hopper_nt_mc M=512 N=512 K=320 BN=256 ctas=2 bias=1 beta=1: pads",
-             "gemm_hopper_nt M=300 N=521 K=200 BN=256 ctas=2 bias=1 beta=1 direct", "gemm_hopper_nt_mc M=256 N=250 K=576 BN=128 ctas=4 bias=0 beta=1 direct"]);
+             "gemm_hopper_nt M=256 N=384 K=448 BN=128 ctas=2 bias=0 beta=1", "gemm_hopper_nt M=200 N=136 K=128 BN=256 ctas=1 bias=0 beta=1 addend",
+             "gemm_hopper_nt_mc M=300 N=521 K=200 BN=256 ctas=2 bias=1 beta=1", "gemm_hopper_nt_mc M=256 N=250 K=576 BN=128 ctas=4 bias=0 beta=0",
+             "gemm_hopper_nt_mc M=512 N=512 K=320 BN=256 ctas=2 bias=1 beta=1: pads", "gemm_hopper_nt M=300 N=521 K=200 BN=256 ctas=2 bias=1 beta=1 direct",
+             "gemm_hopper_nt_mc M=256 N=250 K=576 BN=128 ctas=4 bias=0 beta=1 direct", "gemm_hopper_nn M=300 N=520 K=200 BN=256 ctas=2 bias=0 beta=0",
+             "gemm_hopper_nn_mc M=256 N=392 K=320 BN=128 ctas=2 bias=1 beta=1", "gemm_hopper_nn_mc M=136 N=264 K=136 BN=256 ctas=2 bias=0 beta=0 direct",
+             "gemm_hopper_tn M=264 N=520 K=200 BN=256 ctas=2 bias=0 beta=1", "gemm_hopper_tn_mc M=256 N=136 K=448 BN=128 ctas=4 bias=0 beta=1",
+             "gemm_hopper_tn_mc M=392 N=256 K=136 BN=256 ctas=2 bias=1 beta=0 direct: pads"]);
 
     /// <summary>
     /// Decoding's persistent matrix-vector kernels (gemv.cu) and the int8 dequantization (quantized.cu): the int8-weight form

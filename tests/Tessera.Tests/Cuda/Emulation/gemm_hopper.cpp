@@ -28,42 +28,55 @@ static void fill(std::vector<bf16>& v, std::mt19937& rng, float scale)
     for (auto& e : v) e = from_f<bf16>(scale * u(rng));
 }
 
-static void run(int M, int N, int K, int BN, int ctas, bool with_bias, float alpha, float beta, int cluster = 1, int staged = 1)
+// Layout "nt": A stored (M, K), B (N, K); "nn": A (M, K), B (K, N); "tn": A (K, M), B (K, N). With an addend, the beta term
+// reads it (c's layout) instead of c.
+static void run(const char* layout, int M, int N, int K, int BN, int ctas, bool with_bias, float alpha, float beta, int cluster = 1,
+                int staged = 1, bool with_addend = false)
 {
-    const unsigned seed = 11 + M * 7 + N * 3 + K + BN + ctas;
+    const bool ta = layout[0] == 't', tb = layout[1] == 'n';   // A stored as rows of K (MN-major); B stored as rows of K
+    const unsigned seed = 11 + M * 7 + N * 3 + K + BN + ctas + (ta ? 100 : 0) + (tb ? 200 : 0);
     std::mt19937 rng(seed);
-    // Row strides past the rows: the kernel must use them. C's: a multiple of 8 (16 bytes, the staged stores' tensor map)
-    // when staged, else even and not a multiple of 8.
-    const int lda = K + 8, ldb = K + 16, ldc = staged ? (N + 15) / 8 * 8 : ((N + 7) & ~1) % 8 ? (N + 7) & ~1 : ((N + 7) & ~1) + 2;
-    std::vector<bf16> a((size_t)M * lda), b((size_t)N * ldb), bias(N), c0((size_t)M * ldc);
-    fill(a, rng, 1.f); fill(b, rng, 0.1f); fill(bias, rng, 1.f); fill(c0, rng, 1.f);
+    // Row strides past the rows: the kernel must use them (multiples of 8 values: the tensor maps' 16-byte strides). C's: a
+    // multiple of 8 when staged, else even and not a multiple of 8.
+    const int arows = ta ? K : M, acols = ta ? M : K, brows = tb ? K : N, bcols = tb ? N : K;
+    const int lda = acols + 8, ldb = bcols + 16, ldc = staged ? (N + 15) / 8 * 8 : ((N + 7) & ~1) % 8 ? (N + 7) & ~1 : ((N + 7) & ~1) + 2;
+    std::vector<bf16> a((size_t)arows * lda), b((size_t)brows * ldb), bias(N), c0((size_t)M * ldc), add((size_t)M * ldc);
+    fill(a, rng, 1.f); fill(b, rng, 0.1f); fill(bias, rng, 1.f); fill(c0, rng, 1.f); fill(add, rng, 1.f);
+    auto A = [&](int m, int k) { return (double)to_f(ta ? a[(size_t)k * lda + m] : a[(size_t)m * lda + k]); };
+    auto B = [&](int k, int n) { return (double)to_f(tb ? b[(size_t)k * ldb + n] : b[(size_t)n * ldb + k]); };
+    const std::vector<bf16>& in = with_addend ? add : c0;
     std::vector<bf16> c = c0;
     std::vector<double> e((size_t)M * N);
     for (int m = 0; m < M; m++)
         for (int n = 0; n < N; n++)
         {
             double s = 0;
-            for (int k = 0; k < K; k++) s += (double)to_f(a[(size_t)m * lda + k]) * to_f(b[(size_t)n * ldb + k]);
-            e[(size_t)m * N + n] = alpha * s + (with_bias ? to_f(bias[n]) : 0.0) + beta * to_f(c0[(size_t)m * ldc + n]);
+            for (int k = 0; k < K; k++) s += A(m, k) * B(k, n);
+            e[(size_t)m * N + n] = alpha * s + (with_bias ? to_f(bias[n]) : 0.0) + beta * to_f(in[(size_t)m * ldc + n]);
         }
-    // The maps the host encodes: A (M rows of K) in boxes of 128 rows, B (N rows of K) in boxes of BN / cluster rows, C (M
-    // rows of N) in boxes of 64 rows.
+    // The maps the host encodes: a K-major operand in boxes of its tile's rows (B's shared by the cluster's CTAs) by 64 of K,
+    // an MN-major one in boxes of 64 rows of K by 64; C (M rows of N) in boxes of 64 rows.
     TensorMap am, bm, cm{};
-    emu_tensor_map_2d(&am, a.data(), K, M, (unsigned long long)lda * 2, 64, 128, 2);
-    emu_tensor_map_2d(&bm, b.data(), K, N, (unsigned long long)ldb * 2, 64, BN / cluster, 2);
+    emu_tensor_map_2d(&am, a.data(), acols, arows, (unsigned long long)lda * 2, 64, ta ? 64 : 128, 2);
+    emu_tensor_map_2d(&bm, b.data(), bcols, brows, (unsigned long long)ldb * 2, 64, tb ? 64 : BN / cluster, 2);
     if (staged) emu_tensor_map_2d(&cm, c.data(), N, M, (unsigned long long)ldc * 2, 64, 64, 2);
     emu_shared_base = gh_raw;
     const bf16* pbias = with_bias ? bias.data() : nullptr;
     bf16* pc = c.data();
+    const bf16* pin = with_addend ? add.data() : pc;
     long long lc = ldc;
     auto launch = [&](auto kernel) {
-        auto body = [&] { kernel(am, bm, cm, pbias, pc, M, N, K, lc, alpha, beta, staged); };
+        auto body = [&] { kernel(am, bm, cm, pbias, pc, pin, M, N, K, lc, alpha, beta, staged); };
         if (cluster == 1) emu_launch(ctas, 384, body);
         else emu_launch_cluster(ctas, cluster, 384, body);   // the pairs' CTAs together, each in its own shared memory
     };
-    if (cluster == 1) { if (BN == 256) launch(gemm_hopper_nt_bf16_n256); else launch(gemm_hopper_nt_bf16_n128); }
-    else if (BN == 256) launch(gemm_hopper_nt_mc_bf16_n256);
-    else launch(gemm_hopper_nt_mc_bf16_n128);
+#define PICK(L)                                                                                                           \
+    if (cluster == 1) { if (BN == 256) launch(gemm_hopper_##L##_bf16_n256); else launch(gemm_hopper_##L##_bf16_n128); }  \
+    else if (BN == 256) launch(gemm_hopper_##L##_mc_bf16_n256);                                                           \
+    else launch(gemm_hopper_##L##_mc_bf16_n128);
+    if (!ta && !tb) { PICK(nt) }
+    else if (!ta) { PICK(nn) }
+    else { PICK(tn) }
     std::vector<float> got((size_t)M * N);
     bool pads = true;
     for (int m = 0; m < M; m++)
@@ -72,29 +85,38 @@ static void run(int M, int N, int K, int BN, int ctas, bool with_bias, float alp
         for (int n = N; n < ldc; n++) pads &= c[(size_t)m * ldc + n].x == c0[(size_t)m * ldc + n].x;
     }
     char name[120];
-    snprintf(name, sizeof name, "gemm_hopper_nt%s M=%d N=%d K=%d BN=%d ctas=%d bias=%d beta=%g%s", cluster > 1 ? "_mc" : "", M, N, K, BN,
-             ctas, with_bias ? 1 : 0, beta, staged ? "" : " direct");
+    snprintf(name, sizeof name, "gemm_hopper_%s%s M=%d N=%d K=%d BN=%d ctas=%d bias=%d beta=%g%s%s", layout, cluster > 1 ? "_mc" : "", M, N, K,
+             BN, ctas, with_bias ? 1 : 0, beta, with_addend ? " addend" : "", staged ? "" : " direct");
     // Tolerance: C is stored in bf16 (2^-9 relative per value); the sums are fp32 over exact bf16 products, so 8e-3 of the
     // largest output leaves margin, while a wrong row, column, k-tile or stage is O(1).
     char extra[40];
     snprintf(extra, sizeof extra, " (seed %u)", seed);
-    report_error(name, 64, errors_of(e.data(), got.data(), e.size()).relative(), 8e-3, "rel err", extra);
-    printf("%-64s %s\n", (std::string(name) + ": pads").c_str(), pads ? "ok" : "FAIL");
+    report_error(name, 72, errors_of(e.data(), got.data(), e.size()).relative(), 8e-3, "rel err", extra);
+    printf("%-72s %s\n", (std::string(name) + ": pads").c_str(), pads ? "ok" : "FAIL");
     if (!pads) failures++;
 }
 
 int main()
 {
-    run(300, 521, 200, 256, 2, true, 0.5f, 1.f);    // 3 x 3 tiles on 2 CTAs; M, N (odd), K short of a tile
-    run(300, 521, 200, 256, 2, true, 0.5f, 1.f, 1, 0);   // the same, stored straight from registers
-    run(130, 251, 64, 128, 3, false, 1.f, 0.f);     // 2 x 2 tiles on 3 CTAs (one idle after its tile)
-    run(130, 251, 64, 128, 3, false, 1.f, 0.f, 1, 0);
-    run(128, 256, 576, 256, 1, true, 1.f, 0.f);     // one tile, 9 k-tiles through 4 stages
-    run(256, 384, 448, 128, 2, false, 2.f, 1.f);    // 2 x 3 tiles, 7 k-tiles through 6 stages, across tiles
+    run("nt", 300, 521, 200, 256, 2, true, 0.5f, 1.f);    // 3 x 3 tiles on 2 CTAs; M, N (odd), K short of a tile
+    run("nt", 300, 521, 200, 256, 2, true, 0.5f, 1.f, 1, 0);   // the same, stored straight from registers
+    run("nt", 130, 251, 64, 128, 3, false, 1.f, 0.f);     // 2 x 2 tiles on 3 CTAs (one idle after its tile)
+    run("nt", 130, 251, 64, 128, 3, false, 1.f, 0.f, 1, 0);
+    run("nt", 128, 256, 576, 256, 1, true, 1.f, 0.f);     // one tile, 9 k-tiles through 4 stages
+    run("nt", 256, 384, 448, 128, 2, false, 2.f, 1.f);    // 2 x 3 tiles, 7 k-tiles through 6 stages, across tiles
+    run("nt", 200, 136, 128, 256, 1, false, 1.f, 1.f, 1, 1, true);   // the residual as an addend
     // Clusters of 2 with B multicast: each pair's CTAs take adjacent row tiles of one column tile.
-    run(300, 521, 200, 256, 2, true, 0.5f, 1.f, 2);  // one pair walks 2 x 3 units; the last unit's second row tile past M
-    run(256, 250, 576, 128, 4, false, 1.f, 0.f, 2);  // two pairs, one of them idle after its unit; 9 k-tiles through 6 stages
-    run(256, 250, 576, 128, 4, false, 1.f, 1.f, 2, 0);
-    run(512, 512, 320, 256, 2, true, 1.f, 1.f, 2);   // 2 x 2 units on one pair
+    run("nt", 300, 521, 200, 256, 2, true, 0.5f, 1.f, 2);  // one pair walks 2 x 3 units; the last unit's second row tile past M
+    run("nt", 256, 250, 576, 128, 4, false, 1.f, 0.f, 2);  // two pairs, one of them idle after its unit; 9 k-tiles through 6 stages
+    run("nt", 256, 250, 576, 128, 4, false, 1.f, 1.f, 2, 0);
+    run("nt", 512, 512, 320, 256, 2, true, 1.f, 1.f, 2);   // 2 x 2 units on one pair
+    // The gradients' layouts: B (K, N) read transposed (nn), and A stored (K, M) too (tn, beta = 1 as a weight's gradient
+    // accumulates).
+    run("nn", 300, 520, 200, 256, 2, false, 1.f, 0.f);
+    run("nn", 256, 392, 320, 128, 2, true, 1.f, 1.f, 2);
+    run("nn", 136, 264, 136, 256, 2, false, 1.f, 0.f, 2, 0);
+    run("tn", 264, 520, 200, 256, 2, false, 1.f, 1.f);
+    run("tn", 256, 136, 448, 128, 4, false, 0.5f, 1.f, 2);
+    run("tn", 392, 256, 136, 256, 2, true, 1.f, 0.f, 2, 0);
     return failures;
 }
