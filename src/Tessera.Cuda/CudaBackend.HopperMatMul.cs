@@ -33,8 +33,8 @@ public sealed unsafe partial class CudaBackend
         if (addend is not null) beta = 1.0;
         int columns = Options.HopperTrainingProductColumns, cluster = Options.HopperTrainingProductMulticast ? 2 : 1;
         long units = (long)((m + HopperMatMulBlockRows * cluster - 1) / (HopperMatMulBlockRows * cluster)) * ((n + columns - 1) / columns);
-        byte* maps = stackalloc byte[3 * 128 + 64];
-        byte* amap = (byte*)(((nint)maps + 63) & ~(nint)63), bmap = amap + 128, cmap = bmap + 128;
+        byte* maps = stackalloc byte[4 * 128 + 64];
+        byte* amap = (byte*)(((nint)maps + 63) & ~(nint)63), bmap = amap + 128, cmap = bmap + 128, inmap = cmap + 128;
         // K-major operands in boxes of their tile's rows (B's shared by a cluster's CTAs) by 64 of K; MN-major ones in boxes of
         // 64 rows of K by 64.
         if (transposeA) EncodeTensorMap(amap, a.DType, pa, m, k, a.Stride(0), 64);
@@ -42,12 +42,18 @@ public sealed unsafe partial class CudaBackend
         if (transposeB) EncodeTensorMap(bmap, a.DType, pb, k, n, b.Stride(0), columns / cluster);
         else EncodeTensorMap(bmap, a.DType, pb, n, k, b.Stride(0), 64);
         long ldc = c.Stride(0);
-        // Staged stores: c's 64 x 64 boxes by the tensor memory accelerator, which needs its rows 16-byte aligned.
-        int staged = Options.HopperTrainingProductStagedStores && ldc % 8 == 0 && pc % 16 == 0 ? 1 : 0;
-        if (staged != 0) EncodeTensorMap(cmap, a.DType, pc, n, m, ldc, 64);
+        // Staged stores: c's 64 x 64 boxes by the tensor memory accelerator, which needs its rows 16-byte aligned, and N a
+        // multiple of 8 (an H100 wrote the last 16 bytes of a row whole, past an odd N: session 44); with beta, C_in's boxes
+        // come in the same way.
+        int staged = Options.HopperTrainingProductStagedStores && ldc % 8 == 0 && n % 8 == 0 && pc % 16 == 0 && pin % 16 == 0 ? 1 : 0;
+        if (staged != 0)
+        {
+            EncodeTensorMap(cmap, a.DType, pc, n, m, ldc, 64);
+            if (beta != 0) EncodeTensorMap(inmap, a.DType, pin, n, m, ldc, 64);
+        }
         ulong pbias = PtrOrNull(bias);
         float al = (float)alpha, be = (float)beta;
-        void** args = stackalloc void*[] { amap, bmap, cmap, &pbias, &pc, &pin, &m, &n, &k, &ldc, &al, &be, &staged };
+        void** args = stackalloc void*[] { amap, bmap, cmap, inmap, &pbias, &pc, &pin, &m, &n, &k, &ldc, &al, &be, &staged };
         string layout = transposeA ? "tn" : transposeB ? "nt" : "nn";
         string kernel = $"gemm_hopper_{layout}{(cluster > 1 ? "_mc" : "")}_{Suffix(a.DType, "MatMul")}_n{columns}";
         if (cluster > 1)   // persistent clusters: as many as run at once (the GPCs decide how many pairs fit), each walking units
@@ -59,12 +65,12 @@ public sealed unsafe partial class CudaBackend
     }
 
     /// <summary>Dynamic shared memory of gemm_hopper.cu at <paramref name="columns"/> output columns a tile: its stages (4 of
-    /// 48 KB at 256 columns, 6 of 32 KB at 128), four 8 KB epilogue buffers, the stages' two barriers each, and 1,024 bytes of
-    /// slack to align the tiles: 225 KB either way.</summary>
+    /// 48 KB at 256 columns, 6 of 32 KB at 128), four 8 KB epilogue buffers, the stages' two barriers each and the buffers'
+    /// one each, and 1,024 bytes of slack to align the tiles: 225 KB either way.</summary>
     private static uint HopperMatMulShared(int columns)
     {
         int stages = columns == 256 ? 4 : 6, stage = (HopperMatMulBlockRows + columns) * DecodeGemmTile * 2;
-        return (uint)(1024 + stages * (stage + 16) + 4 * 64 * 64 * 2);
+        return (uint)(1024 + stages * (stage + 16) + 4 * (64 * 64 * 2 + 8));
     }
 
     private bool? _hopperTrainingProducts;

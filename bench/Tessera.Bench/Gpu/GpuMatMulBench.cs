@@ -15,8 +15,8 @@ namespace Tessera.Bench.Gpu;
 /// b (K, N), the input's gradient) and tn (a (K, M)^T b (K, N), the weight's gradient). Per shape: median milliseconds over --reps runs after
 /// 3 warm-ups (CUDA events on each backend's stream), TFLOP/s (2 M N K), and each output's norm-wise relative difference from
 /// cuBLASLt's. bench/pytorch/gemm.py times torch.matmul at the same shapes (the peer, in the same device call).
-/// <para>Usage: gpu-gemm [--shapes [LAYOUT:]M,N,K;...] [--reps 20] [--cuda-options SETTINGS] (LAYOUT nt, nn or tn; nt when
-/// left out). Default shapes: llama-1b's products at 8 x 2048 tokens: the forward's QKV, output, gate and up, down and the
+/// <para>Usage: gpu-gemm [--shapes [LAYOUT:]M,N,K;...] [--reps 20] [--beta 0] [--cuda-options SETTINGS] (LAYOUT nt, nn or tn;
+/// nt when left out; --beta 1 accumulates into c, as a weight gradient does). Default shapes: llama-1b's products at 8 x 2048 tokens: the forward's QKV, output, gate and up, down and the
 /// head (at 2,048 rows); the input gradients of QKV, gate/up and down; the weight gradients of QKV, gate/up and down.</para>
 /// </summary>
 public static class GpuMatMulBench
@@ -29,6 +29,7 @@ public static class GpuMatMulBench
         string shapes = "nt:16384,3072,2048;nt:16384,2048,2048;nt:16384,16384,2048;nt:16384,2048,8192;nt:2048,128256,2048;"
             + "nn:16384,2048,3072;nn:16384,2048,16384;nn:16384,8192,2048;tn:3072,2048,16384;tn:16384,2048,16384;tn:2048,8192,16384";
         int reps = 20;
+        double beta = 0;
         var baseOptions = CudaBackendOptions.Default;
         for (int i = 0; i < args.Length; i++)
         {
@@ -36,6 +37,7 @@ public static class GpuMatMulBench
             {
                 case "--shapes": shapes = args[++i]; break;
                 case "--reps": reps = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
+                case "--beta": beta = double.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--cuda-options": baseOptions = CudaBackendOptions.Parse(args[++i]); break;
                 default: throw new ArgumentException($"gpu-gemm: unknown argument '{args[i]}'");
             }
@@ -49,7 +51,7 @@ public static class GpuMatMulBench
             ("128 x 256, single", new CudaBackend(0, baseOptions with { HopperTrainingProducts = true, HopperTrainingProductColumns = 256, HopperTrainingProductMulticast = false })),
             ("128 x 256, pairs, direct stores", new CudaBackend(0, baseOptions with { HopperTrainingProducts = true, HopperTrainingProductColumns = 256, HopperTrainingProductStagedStores = false })),
         };
-        Console.WriteLine($"device: {cublas.CudaDevice}; gemm_hopper: {variants[0].Backend.HopperTrainingProductsUnavailableReason ?? "runs"}");
+        Console.WriteLine($"device: {cublas.CudaDevice}; gemm_hopper: {variants[0].Backend.HopperTrainingProductsUnavailableReason ?? "runs"}; beta {beta.ToString(CultureInfo.InvariantCulture)}");
         Console.WriteLine("| layout | M | N | K | cuBLASLt ms | TFLOP/s | " + string.Join(" | ", variants.Select(v => $"gemm_hopper {v.Label} ms | TFLOP/s | rel. diff")) + " |");
         Console.WriteLine("|---|---|---|---|---|---|" + string.Concat(variants.Select(_ => "---|---|---|")));
         foreach (var text in shapes.Split(';', StringSplitOptions.RemoveEmptyEntries))
@@ -70,11 +72,11 @@ public static class GpuMatMulBench
             var a = Values((long)m * k, 1f);
             var b = Values((long)cols * k, 0.05f);
             double flop = 2.0 * m * cols * k;
-            var (baseMs, baseOut) = Measure(cublas, layout, a, b, m, cols, k, reps);
+            var (baseMs, baseOut) = Measure(cublas, layout, a, b, m, cols, k, reps, beta);
             string Cell(double ms) => string.Create(CultureInfo.InvariantCulture, $"{ms:F3} | {flop / ms / 1e9:F0}");
             var cells = variants.Select(v =>
             {
-                var (ms, output) = Measure(v.Backend, layout, a, b, m, cols, k, reps);
+                var (ms, output) = Measure(v.Backend, layout, a, b, m, cols, k, reps, beta);
                 return Cell(ms) + string.Create(CultureInfo.InvariantCulture, $" | {Difference(baseOut, output):E1}");
             }).ToList();
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {layout} | {m} | {cols} | {k} | {Cell(baseMs)} | ") + string.Join(" | ", cells) + " |");
@@ -84,15 +86,19 @@ public static class GpuMatMulBench
     }
 
     // a and b as stored: nt a (m, k) b (n, k); nn a (m, k) b (k, n); tn a (k, m) b (k, n).
-    private static (double Ms, BFloat16[] Output) Measure(CudaBackend be, string layout, BFloat16[] av, BFloat16[] bv, int m, int n, int k, int reps)
+    private static (double Ms, BFloat16[] Output) Measure(CudaBackend be, string layout, BFloat16[] av, BFloat16[] bv, int m, int n, int k, int reps,
+        double beta)
     {
         bool ta = layout == "tn", tb = layout == "nt";
         var a = be.Allocate(ta ? new Shape(k, m) : new Shape(m, k), DType.BF16);
         var b = be.Allocate(tb ? new Shape(n, k) : new Shape(k, n), DType.BF16);
         var c = be.Allocate(new Shape(m, n), DType.BF16);
+        be.Fill(c, 0.0);
         be.CopyFromHost<BFloat16>(av, a);
         be.CopyFromHost<BFloat16>(bv, b);
-        void Op() => be.MatMul(a, b, c, transposeA: ta, transposeB: tb);
+        // With beta, c accumulates over the runs (a weight gradient's form): the outputs compared are then those of equal
+        // numbers of runs, as every backend runs the same warm-ups and repetitions.
+        void Op() => be.MatMul(a, b, c, transposeA: ta, transposeB: tb, beta: beta);
         for (int i = 0; i < 3; i++) Op();
         using var start = new CudaEvent(be.CudaDevice);
         using var end = new CudaEvent(be.CudaDevice);

@@ -597,23 +597,7 @@ __device__ __forceinline__ void sts_f32x4(unsigned dst, float a, float b, float 
 #endif
 }
 
-// The two 16-bit values of a pack2 word as floats (lo = the low half).
-template <typename T> __device__ __forceinline__ float unpack_lo(unsigned w);
-template <typename T> __device__ __forceinline__ float unpack_hi(unsigned w);
-template <> __device__ __forceinline__ float unpack_lo<bf16>(unsigned w) { return __uint_as_float(w << 16); }
-template <> __device__ __forceinline__ float unpack_hi<bf16>(unsigned w) { return __uint_as_float(w & 0xffff0000u); }
-template <> __device__ __forceinline__ float unpack_lo<f16>(unsigned w)
-{
-    float f;
-    asm("{ .reg .b16 l, h; mov.b32 {l, h}, %1; cvt.f32.f16 %0, l; }" : "=f"(f) : "r"(w));
-    return f;
-}
-template <> __device__ __forceinline__ float unpack_hi<f16>(unsigned w)
-{
-    float f;
-    asm("{ .reg .b16 l, h; mov.b32 {l, h}, %1; cvt.f32.f16 %0, h; }" : "=f"(f) : "r"(w));
-    return f;
-}
+// unpack_lo and unpack_hi are hopper.cuh's.
 
 template <typename T, int D, bool EXTRA>
 __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta,

@@ -54,8 +54,8 @@ __device__ __forceinline__ void gh_store_pair(T* row, const T* in, int n, int N,
 }
 
 template <typename T, int BN, int ST, int CL, bool TA, bool TB>
-__device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const TensorMap* cmap, const T* bias, T* c, const T* cin,
-                            int M, int N, int K, i64 ldc, float alpha, float beta, int staged)
+__device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const TensorMap* cmap, const TensorMap* inmap, const T* bias,
+                            T* c, const T* cin, int M, int N, int K, i64 ldc, float alpha, float beta, int staged)
 {
     constexpr int AT = GH_BM * GH_BK * 2, BT = BN * GH_BK * 2, STAGE = AT + BT;   // bytes; each a multiple of 1,024
     constexpr int EP = 64 * 64 * 2;                        // an epilogue buffer: 64 rows by 64 columns, two a consumer warpgroup
@@ -64,6 +64,8 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
     const unsigned smem = (smem_u32(raw) + 1023u) & ~1023u;
     auto full = [&](int s) { return smem + ST * STAGE + 4 * EP + 8 * s; };
     auto empty = [&](int s) { return smem + ST * STAGE + 4 * EP + 8 * (ST + s); };
+    // Staged with beta: C_in's 64 x 64 box loaded into epilogue buffer b of consumer warpgroup w completes on in_bar(w, b).
+    auto in_bar = [&](int w, int b) { return smem + ST * STAGE + 4 * EP + 8 * (2 * ST + 2 * w + b); };
     const int tid = threadIdx.x, wg = tid / 128;
     const unsigned rank = CL > 1 ? cluster_rank() : 0u;
     // The walk is over units of CL row tiles by one column tile: a cluster's CTAs take the unit's row tiles in rank order.
@@ -77,6 +79,7 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
             mbar_init(full(s), 1);
             mbar_init(empty(s), 2 * CL);                   // each consumer warpgroup of each CTA that reads the stage's B
         }
+        for (int b = 0; b < 4; b++) mbar_init(in_bar(b / 2, b % 2), 1);
         mbar_fence_init();
     }
     if constexpr (CL > 1)
@@ -137,6 +140,9 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
             else
                 for (int r = 0; r < CL; r++) mbar_arrive_cluster(empty(s), r);
         };
+        const bool load_in = staged && beta != 0.f;        // C_in read through the epilogue buffers
+        const unsigned ep = smem + ST * STAGE + w * 2 * EP;   // this warpgroup's two epilogue buffers
+        unsigned in_phase = 0;                             // bit b: the phase of in_bar(w, b) to wait for next
         float acc[BN / 2];
         int i = 0;
         for (int u = first; u < units; u += step)
@@ -144,6 +150,12 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
             int um, tn;
             gh_tile(u, units_m, tiles_n, um, tn);
             const int tm = um * CL + rank;
+            const int n0 = tn * BN, mw = tm * GH_BM + 64 * w;   // this warpgroup's rows: mw ..
+            // C_in's columns 64 q .. of this warpgroup's rows into buffer q & 1 (the leader, once no store still reads it).
+            auto load_in_chunk = [&](int q) {
+                mbar_arrive_expect_tx(in_bar(w, q & 1), EP);
+                tma_load_2d(ep + (q & 1) * EP, inmap, n0 + 64 * q, mw, in_bar(w, q & 1));
+            };
             for (int kt = 0; kt < ktiles; kt++, i++)
             {
                 const int s = i % ST;
@@ -161,22 +173,36 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
                 wgmma_commit();
                 wgmma_wait<1>();                           // k-tile i - 1's products are done: its stage goes back
                 if (kt > 0) hand_back((i - 1) % ST);
+                if (load_in && leader && kt == (ktiles > 1 ? ktiles - 2 : 0))
+                {
+                    bulk_wait_read<0>();                   // the last tile's stores have read both buffers
+                    load_in_chunk(0);                      // the first two chunks' C_in load under the last k-tiles
+                    load_in_chunk(1);
+                }
             }
             wgmma_wait<0>();
             fence_registers<BN / 2>(acc);
             hand_back((i - 1) % ST);
-            const int n0 = tn * BN, mw = tm * GH_BM + 64 * w;   // this warpgroup's rows: mw ..
             if (staged)
             {
                 // 64 columns at a time into a swizzled 64 x 64 buffer (two a warpgroup, alternating), stored by the tensor
-                // memory accelerator while the warpgroup goes on: the next chunk, then the next tile's products.
-                const unsigned ep = smem + ST * STAGE + w * 2 * EP;
+                // memory accelerator while the warpgroup goes on: the next chunk, then the next tile's products. With beta,
+                // the buffer first holds C_in's box (loaded by the tensor memory accelerator), which each thread reads at
+                // the addresses it then writes.
 #pragma unroll
                 for (int q = 0; q < BN / 64; q++)
                 {
                     const unsigned buf = ep + (q & 1) * EP;
-                    if (leader) bulk_wait_read<1>();       // the store that last read this buffer (two chunks ago) has read it
-                    warpgroup_barrier(wg);
+                    if (load_in)
+                    {
+                        mbar_wait(in_bar(w, q & 1), (in_phase >> (q & 1)) & 1u);
+                        in_phase ^= 1u << (q & 1);
+                    }
+                    else
+                    {
+                        if (leader) bulk_wait_read<1>();   // the store that last read this buffer (two chunks ago) has read it
+                        warpgroup_barrier(wg);
+                    }
 #pragma unroll
                     for (int jj = 0; jj < 8; jj++)
 #pragma unroll
@@ -189,13 +215,16 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
                                 if (n < N) v0 += to_f(bias[n]);
                                 if (n + 1 < N) v1 += to_f(bias[n + 1]);
                             }
-                            if (beta != 0.f && m < M)
-                            {
-                                if (n < N) v0 += beta * to_f(cin[(i64)m * ldc + n]);
-                                if (n + 1 < N) v1 += beta * to_f(cin[(i64)m * ldc + n + 1]);
-                            }
                             // columns 8 jj + 2 c4 (+ 1) of the chunk: bytes 16 jj + 4 c4 of the row, chunk jj swizzled by the row
-                            sts_u32(buf + row * 128 + ((jj ^ (row & 7)) << 4) + c4 * 4, pack2<T>(v0, v1));
+                            const unsigned at = buf + row * 128 + ((jj ^ (row & 7)) << 4) + c4 * 4;
+                            if (load_in)
+                            {
+                                const unsigned old = lds_u32(at);   // zeros past M and N (the box's fill)
+                                v0 += beta * unpack_lo<T>(old);
+                                v1 += beta * unpack_hi<T>(old);
+                            }
+                            (void)m;
+                            sts_u32(at, pack2<T>(v0, v1));
                         }
                     fence_async_shared();                  // the buffer's writes become visible to the tensor memory accelerator
                     warpgroup_barrier(wg);
@@ -203,6 +232,11 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
                     {
                         tma_store_2d(cmap, n0 + 64 * q, mw, buf);   // rows past M and columns past N are not written
                         bulk_commit();
+                        if (load_in && q + 2 < BN / 64)
+                        {
+                            bulk_wait_read<0>();           // the store has read this buffer: chunk q + 2's C_in goes into it
+                            load_in_chunk(q + 2);
+                        }
                     }
                 }
             }
@@ -234,17 +268,17 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
 // The kernels gemm_hopper_{nt,nn,tn}[_mc]_{bf16,f16}_n{256,128}. Tensor maps, all in the 128-byte swizzle: a as stored, (M
 // rows of K) in boxes of 128 rows by 64 columns (nt, nn) or (K rows of M) in boxes of 64 by 64 (tn); b as stored, (N rows of K)
 // in boxes of BN / CL rows by 64 (nt) or (K rows of N) in boxes of 64 by 64 (nn, tn); c (M rows of N) in boxes of 64 rows by
-// 64 columns (read only when staged is nonzero). The _mc kernels run in thread-block clusters of 2 CTAs along x (the host
+// 64 columns and inmap C_in likewise (read only when staged is nonzero; C_in's only with beta). The _mc kernels run in thread-block clusters of 2 CTAs along x (the host
 // launches them so, gridDim.x even): the pair's CTAs take two adjacent row tiles of one column tile, and each copies half of
 // B's tile into both (multicast), so each B tile crosses from L2 once for two CTAs (each k-tile's L2 traffic 32 KB a CTA
 // instead of 48 at 256 columns).
 #define GEMM_HOPPER(layout, TA, TB, name, t, BN, ST, CL, tag)                                                             \
     extern "C" __global__ void __launch_bounds__(GH_THREADS, 1) gemm_hopper_##layout##tag##_##name##_n##BN(               \
         const __grid_constant__ TensorMap amap, const __grid_constant__ TensorMap bmap,                                   \
-        const __grid_constant__ TensorMap cmap, const t* bias, t* c, const t* cin, int M, int N, int K, i64 ldc,          \
-        float alpha, float beta, int staged)                                                                              \
+        const __grid_constant__ TensorMap cmap, const __grid_constant__ TensorMap inmap, const t* bias, t* c,             \
+        const t* cin, int M, int N, int K, i64 ldc, float alpha, float beta, int staged)                                  \
     {                                                                                                                     \
-        gemm_hopper<t, BN, ST, CL, TA, TB>(&amap, &bmap, &cmap, bias, c, cin, M, N, K, ldc, alpha, beta, staged);         \
+        gemm_hopper<t, BN, ST, CL, TA, TB>(&amap, &bmap, &cmap, &inmap, bias, c, cin, M, N, K, ldc, alpha, beta, staged); \
     }
 #define GEMM_HOPPER_LAYOUT(layout, TA, TB, name, t)                                                                       \
     GEMM_HOPPER(layout, TA, TB, name, t, 256, 4, 1, ) GEMM_HOPPER(layout, TA, TB, name, t, 256, 4, 2, _mc)                \

@@ -180,6 +180,24 @@ template <> __device__ __forceinline__ unsigned pack2<f16>(float lo, float hi)
     return r;
 }
 
+// The two 16-bit values of a pack2 word as floats (lo = the low half).
+template <typename T> __device__ __forceinline__ float unpack_lo(unsigned w);
+template <typename T> __device__ __forceinline__ float unpack_hi(unsigned w);
+template <> __device__ __forceinline__ float unpack_lo<bf16>(unsigned w) { return __uint_as_float(w << 16); }
+template <> __device__ __forceinline__ float unpack_hi<bf16>(unsigned w) { return __uint_as_float(w & 0xffff0000u); }
+template <> __device__ __forceinline__ float unpack_lo<f16>(unsigned w)
+{
+    float f;
+    asm("{ .reg .b16 l, h; mov.b32 {l, h}, %1; cvt.f32.f16 %0, l; }" : "=f"(f) : "r"(w));
+    return f;
+}
+template <> __device__ __forceinline__ float unpack_hi<f16>(unsigned w)
+{
+    float f;
+    asm("{ .reg .b16 l, h; mov.b32 {l, h}, %1; cvt.f32.f16 %0, h; }" : "=f"(f) : "r"(w));
+    return f;
+}
+
 // wgmma m64nNk16 with fp32 accumulators for 16-bit inputs. The accumulate flag is a predicate operand (scale-d: 0
 // overwrites d), set from a register; imm-scale-a/b 1, transposes as each name says.
 template <typename T, int N> struct Wgmma;

@@ -141,21 +141,21 @@ public sealed class KernelEmulationTests
     /// CTAs than tiles, more k-tiles than stages, bias, alpha and beta; a wrong phase parity or an early hand-back shows as a
     /// wrong sum or a barrier that never completes (the emulation aborts naming it). Its cluster form (two CTAs, each copying
     /// half of B's tile into both by multicast, a stage handed back to both producers) runs with the pair's CTAs together, each
-    /// in its own shared memory. Both epilogues: staged through shared memory and stored by the tensor memory accelerator, and
-    /// straight from registers.
+    /// in its own shared memory. Both epilogues: staged through shared memory and stored by the tensor memory accelerator (with
+    /// beta, C_in's boxes loaded into the same buffers first), and straight from registers (N odd).
     /// </summary>
     [Fact]
     public void HopperTrainingProductsGiveTheReferenceResultsOnTheCpuEmulation() =>
         RunEmulated(["hopper.cuh", "gemm_hopper.cu"], "gemm_hopper",
-            ["gemm_hopper_nt M=300 N=521 K=200 BN=256 ctas=2 bias=1 beta=1", "gemm_hopper_nt M=300 N=521 K=200 BN=256 ctas=2 bias=1 beta=1: pads",
-             "gemm_hopper_nt M=130 N=251 K=64 BN=128 ctas=3 bias=0 beta=0", "gemm_hopper_nt M=128 N=256 K=576 BN=256 ctas=1 bias=1 beta=0",
-             "gemm_hopper_nt M=256 N=384 K=448 BN=128 ctas=2 bias=0 beta=1", "gemm_hopper_nt M=200 N=136 K=128 BN=256 ctas=1 bias=0 beta=1 addend",
-             "gemm_hopper_nt_mc M=300 N=521 K=200 BN=256 ctas=2 bias=1 beta=1", "gemm_hopper_nt_mc M=256 N=250 K=576 BN=128 ctas=4 bias=0 beta=0",
-             "gemm_hopper_nt_mc M=512 N=512 K=320 BN=256 ctas=2 bias=1 beta=1: pads", "gemm_hopper_nt M=300 N=521 K=200 BN=256 ctas=2 bias=1 beta=1 direct",
-             "gemm_hopper_nt_mc M=256 N=250 K=576 BN=128 ctas=4 bias=0 beta=1 direct", "gemm_hopper_nn M=300 N=520 K=200 BN=256 ctas=2 bias=0 beta=0",
-             "gemm_hopper_nn_mc M=256 N=392 K=320 BN=128 ctas=2 bias=1 beta=1", "gemm_hopper_nn_mc M=136 N=264 K=136 BN=256 ctas=2 bias=0 beta=0 direct",
-             "gemm_hopper_tn M=264 N=520 K=200 BN=256 ctas=2 bias=0 beta=1", "gemm_hopper_tn_mc M=256 N=136 K=448 BN=128 ctas=4 bias=0 beta=1",
-             "gemm_hopper_tn_mc M=392 N=256 K=136 BN=256 ctas=2 bias=1 beta=0 direct: pads"]);
+            ["gemm_hopper_nt M=300 N=521 K=200 BN=256 ctas=2 bias=1 beta=1 direct", "gemm_hopper_nt M=300 N=521 K=200 BN=256 ctas=2 bias=1 beta=1 direct: pads",
+             "gemm_hopper_nt M=130 N=251 K=64 BN=128 ctas=3 bias=0 beta=0 direct", "gemm_hopper_nt M=128 N=256 K=576 BN=256 ctas=1 bias=1 beta=0 staged",
+             "gemm_hopper_nt M=256 N=384 K=448 BN=128 ctas=2 bias=0 beta=1 staged", "gemm_hopper_nt M=200 N=136 K=128 BN=256 ctas=1 bias=0 beta=1 addend staged",
+             "gemm_hopper_nt M=300 N=520 K=200 BN=256 ctas=2 bias=1 beta=1 staged: pads", "gemm_hopper_nt_mc M=256 N=384 K=1024 BN=128 ctas=2 bias=0 beta=0.5 staged",
+             "gemm_hopper_nt_mc M=300 N=521 K=200 BN=256 ctas=2 bias=1 beta=1 direct", "gemm_hopper_nt_mc M=256 N=250 K=576 BN=128 ctas=4 bias=0 beta=0 direct",
+             "gemm_hopper_nt_mc M=512 N=512 K=320 BN=256 ctas=2 bias=1 beta=1 staged: pads", "gemm_hopper_nt_mc M=256 N=250 K=576 BN=128 ctas=4 bias=0 beta=1 direct",
+             "gemm_hopper_nn M=300 N=520 K=200 BN=256 ctas=2 bias=0 beta=0 staged", "gemm_hopper_nn_mc M=256 N=392 K=320 BN=128 ctas=2 bias=1 beta=1 staged",
+             "gemm_hopper_nn_mc M=136 N=264 K=136 BN=256 ctas=2 bias=0 beta=0 direct", "gemm_hopper_tn M=264 N=520 K=200 BN=256 ctas=2 bias=0 beta=1 staged",
+             "gemm_hopper_tn_mc M=256 N=136 K=448 BN=128 ctas=4 bias=0 beta=1 staged", "gemm_hopper_tn_mc M=392 N=256 K=136 BN=256 ctas=2 bias=1 beta=0 direct: pads"]);
 
     /// <summary>
     /// Decoding's persistent matrix-vector kernels (gemv.cu) and the int8 dequantization (quantized.cu): the int8-weight form

@@ -427,8 +427,8 @@ inline void emu_tma_load_2d_multicast(unsigned dst, const void* map_bytes, int c
         emu_complete_tx_locked(emu_barrier_in(memory, bar), bar, row_bytes * m.box[1]);
     }
 }
-// cp.async.bulk.tensor.2d.global.shared::cta: the box from its swizzled shared tile into the tensor at element (c0, c1), the
-// elements past the tensor not written, done at once.
+// cp.async.bulk.tensor.2d.global.shared::cta: the box from its swizzled shared tile into the tensor at element (c0, c1), rows
+// and 16-byte chunks past the tensor not written, done at once.
 inline void emu_tma_store_2d(const void* map_bytes, int c0, int c1, unsigned src)
 {
     EmuTensorMap2d m;
@@ -440,9 +440,12 @@ inline void emu_tma_store_2d(const void* map_bytes, int c0, int c1, unsigned src
         {
             const unsigned long long row = (unsigned long long)c1 + r, col = (unsigned long long)c0 + c * per_chunk;
             if (row >= m.dims[1] || col >= m.dims[0]) continue;
-            const unsigned long long count = std::min<unsigned long long>(per_chunk, m.dims[0] - col);   // the elements inside the tensor
-            std::memcpy((unsigned char*)m.base + row * m.stride_bytes + col * m.element_bytes, emu_shared() + src + r * 128 + ((c ^ (r & 7)) << 4),
-                        count * m.element_bytes);
+            if (col + per_chunk > m.dims[0])
+            {
+                std::fprintf(stderr, "emu_tma_store_2d: a 16-byte chunk across the tensor's last column (an H100 wrote it whole; the host keeps N a multiple of 8)\n");
+                std::abort();
+            }
+            std::memcpy((unsigned char*)m.base + row * m.stride_bytes + col * m.element_bytes, emu_shared() + src + r * 128 + ((c ^ (r & 7)) << 4), 16);
         }
 }
 // cp.async.bulk (1-D) ... .mbarrier::complete_tx.
