@@ -56,11 +56,13 @@ public sealed unsafe partial class CudaBackend
         void** args = stackalloc void*[] { amap, bmap, cmap, inmap, &pbias, &pc, &pin, &m, &n, &k, &ldc, &al, &be, &staged };
         string layout = transposeA ? "tn" : transposeB ? "nt" : "nn";
         string kernel = $"gemm_hopper_{layout}{(cluster > 1 ? "_mc" : "")}_{Suffix(a.DType, "MatMul")}_n{columns}";
+        // The op profiler's name: the kernel and the product's shape, as cuBLASLt's products are named by theirs.
+        string? profileName = Profiler is null ? null : $"{kernel} {m}x{n}x{k}{(addend is not null ? " +residual" : beta != 0 ? " acc" : "")}";
         if (cluster > 1)   // persistent clusters: as many as run at once (the GPCs decide how many pairs fit), each walking units
-            LaunchCluster("gemm_hopper.cu", kernel, units, (uint)cluster, HopperMatMulThreads, args, HopperMatMulShared(columns));
+            LaunchCluster("gemm_hopper.cu", kernel, units, (uint)cluster, HopperMatMulThreads, args, HopperMatMulShared(columns), profileName);
         else
             Launch("gemm_hopper.cu", kernel, ((uint)Math.Min(units, CudaDevice.MultiprocessorCount), 1, 1), HopperMatMulThreads, args,
-                HopperMatMulShared(columns));
+                HopperMatMulShared(columns), dependent: false, profileName: profileName);
         return true;
     }
 

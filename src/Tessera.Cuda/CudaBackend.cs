@@ -122,15 +122,16 @@ public sealed unsafe partial class CudaBackend : IBackend, IDisposable
     /// (sm_90+): it starts, and prefetches what does not depend on its predecessor, while that one finishes. Off under the
     /// op profiler (its events separate the kernels anyway) and when <see cref="CudaBackendOptions.ProgrammaticDependentLaunch"/> is off.
     /// <paramref name="clusterX"/> above 1: the grid in thread-block clusters of that many CTAs along x (sm_90+; grid.X a multiple of it).
+    /// <paramref name="profileName"/>: the op profiler's name for the launch (the kernel's when null).
     /// </summary>
     private void Launch(string file, string kernel, (uint X, uint Y, uint Z) grid, uint block, void** args, uint sharedBytes, bool dependent,
-        uint clusterX = 1)
+        uint clusterX = 1, string? profileName = null)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         var function = Kernels.Module(file).Function(kernel);
         CudaDevice.MakeCurrent();
         AllowDynamicShared(function, kernel, sharedBytes);
-        Profiler?.Begin(kernel);
+        Profiler?.Begin(profileName ?? kernel);
         bool programmatic = dependent && ProgrammaticLaunch && Profiler is null;
         if (programmatic || clusterX > 1)
         {
@@ -182,7 +183,8 @@ public sealed unsafe partial class CudaBackend : IBackend, IDisposable
     /// is as many clusters as the device holds at once (<see cref="ResidentClusters"/>), at most <paramref name="mostClusters"/>:
     /// the kernel's clusters walk their work.
     /// </summary>
-    private void LaunchCluster(string file, string kernel, long mostClusters, uint clusterCtas, uint block, void** args, uint sharedBytes = 0)
+    private void LaunchCluster(string file, string kernel, long mostClusters, uint clusterCtas, uint block, void** args, uint sharedBytes = 0,
+        string? profileName = null)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         var function = Kernels.Module(file).Function(kernel);
@@ -196,7 +198,7 @@ public sealed unsafe partial class CudaBackend : IBackend, IDisposable
         };
         long clusters = Math.Min(Math.Max(mostClusters, 1), ResidentClusters(kernel, function, &config));
         config.GridX = (uint)(clusters * clusterCtas);
-        Profiler?.Begin(kernel);
+        Profiler?.Begin(profileName ?? kernel);
         Check(cuLaunchKernelEx(&config, function, args, null),
             "cuLaunchKernelEx", $"{kernel} in {file} ({clusters} clusters of {clusterCtas}), block {block}, {sharedBytes} B shared");
         Profiler?.End();
