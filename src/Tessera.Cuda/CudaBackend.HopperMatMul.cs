@@ -1,3 +1,4 @@
+using Tessera.Cuda.Runtime;
 using Tessera.Tensors;
 
 namespace Tessera.Cuda;
@@ -30,7 +31,76 @@ public sealed unsafe partial class CudaBackend
         if (a.Stride(0) % 8 != 0 || b.Stride(0) % 8 != 0 || c.Stride(0) % 2 != 0) return false;
         ulong pa = Ptr(a), pb = Ptr(b), pc = Ptr(c), pin = addend is null ? pc : Ptr(addend);
         if (pa % 16 != 0 || pb % 16 != 0 || pc % 4 != 0 || pin % 4 != 0 || !BiasFits(bias, a.DType, n) || !UsesHopperTrainingProducts) return false;
-        if (addend is not null) beta = 1.0;
+        string layout = transposeA ? "tn" : transposeB ? "nt" : "nn";
+        if (Options.TimeHopperTrainingProducts)
+        {
+            // The first call of each shape times this kernel against cuBLASLt and keeps the faster (on 40 % of llama-1b's
+            // training shapes this kernel was the faster on an H100, session 44); inside a graph capture an untimed shape goes
+            // to cuBLASLt.
+            var key = new HopperMatMulKey(a.DType, layout, m, n, k, a.Stride(0), b.Stride(0), c.Stride(0), beta != 0 || addend is not null,
+                bias is not null);
+            if (!_hopperChoices.TryGetValue(key, out bool faster))
+            {
+                if (_capturing) return false;
+                faster = _hopperChoices[key] = TimeHopperMatMul(a, b, c, transposeA, transposeB, alpha, beta, bias, addend, layout, m, n, k);
+            }
+            if (!faster) return false;
+        }
+        LaunchHopperMatMul(a, b, pc, pin, c.Stride(0), transposeA, transposeB, alpha, addend is not null ? 1.0 : beta, bias, layout, m, n, k,
+            addend is not null);
+        return true;
+    }
+
+    /// <summary>The key of a product shape's timed choice between gemm_hopper.cu and cuBLASLt.</summary>
+    private readonly record struct HopperMatMulKey(DType DType, string Layout, int M, int N, int K, long Lda, long Ldb, long Ldc, bool Accumulates, bool Bias);
+
+    private readonly Dictionary<HopperMatMulKey, bool> _hopperChoices = new();
+
+    /// <summary>
+    /// Times the product on gemm_hopper.cu and on cuBLASLt (a warm-up, then three runs between events, each) with the real
+    /// inputs and a scratch output of c's layout, so that an accumulating product leaves c untouched; true when this kernel
+    /// is at least 1 % faster. Logged in <see cref="MatMulTuningLog"/>.
+    /// </summary>
+    private bool TimeHopperMatMul(Tensor a, Tensor b, Tensor c, bool transposeA, bool transposeB, double alpha, double beta, Tensor? bias,
+        Tensor? addend, string layout, int m, int n, int k)
+    {
+        long ldc = c.Stride(0);
+        var scratch = Allocate(new Shape(m, (int)ldc), c.DType);
+        try
+        {
+            var output = scratch.Slice(1, 0, n);
+            ulong pin = addend is not null ? Ptr(addend) : Ptr(c);   // beta's C_in is the real c (or the addend): only the output moves
+            float Time(Action run)
+            {
+                run();
+                using var start = new CudaEvent(CudaDevice);
+                using var end = new CudaEvent(CudaDevice);
+                start.Record(Stream);
+                for (int r = 0; r < 3; r++) run();
+                end.Record(Stream);
+                end.Synchronize();
+                return end.ElapsedSince(start) / 3;
+            }
+            float ours = Time(() => LaunchHopperMatMul(a, b, Ptr(output), pin, ldc, transposeA, transposeB, alpha, addend is not null ? 1.0 : beta,
+                bias, layout, m, n, k, addend is not null));
+            float theirs = Time(() => MatMulCore(a, b, output, transposeA, transposeB, alpha, beta, bias, MatMulEpilogue.None, null, null, addend));
+            bool faster = ours < theirs * 0.99f;
+            _tuningLog.Add($"gemm_hopper {layout} {a.DType} {m}x{n}x{k}{(addend is not null ? " +residual" : beta != 0 ? " acc" : "")}: " +
+                $"{ours * 1000:F1} us against cuBLASLt's {theirs * 1000:F1}: {(faster ? "gemm_hopper" : "cuBLASLt")}");
+            return faster;
+        }
+        finally
+        {
+            scratch.Storage.Dispose();
+        }
+    }
+
+    /// <summary>gemm_hopper.cu's launch for a product that <see cref="TryHopperMatMul"/> found fitting, its output at
+    /// <paramref name="pc"/> (rows <paramref name="ldc"/> apart) and beta's C_in at <paramref name="pin"/>.</summary>
+    private void LaunchHopperMatMul(Tensor a, Tensor b, ulong pc, ulong pin, long ldc, bool transposeA, bool transposeB, double alpha, double beta,
+        Tensor? bias, string layout, int m, int n, int k, bool residual)
+    {
+        ulong pa = Ptr(a), pb = Ptr(b);
         int columns = Options.HopperTrainingProductColumns, cluster = Options.HopperTrainingProductMulticast ? 2 : 1;
         long units = (long)((m + HopperMatMulBlockRows * cluster - 1) / (HopperMatMulBlockRows * cluster)) * ((n + columns - 1) / columns);
         byte* maps = stackalloc byte[4 * 128 + 64];
@@ -41,7 +111,6 @@ public sealed unsafe partial class CudaBackend
         else EncodeTensorMap(amap, a.DType, pa, k, m, a.Stride(0), HopperMatMulBlockRows);
         if (transposeB) EncodeTensorMap(bmap, a.DType, pb, k, n, b.Stride(0), columns / cluster);
         else EncodeTensorMap(bmap, a.DType, pb, n, k, b.Stride(0), 64);
-        long ldc = c.Stride(0);
         // Staged stores: c's 64 x 64 boxes by the tensor memory accelerator, which needs its rows 16-byte aligned, and N a
         // multiple of 8 (an H100 wrote the last 16 bytes of a row whole, past an odd N: session 44); with beta, C_in's boxes
         // come in the same way.
@@ -54,16 +123,14 @@ public sealed unsafe partial class CudaBackend
         ulong pbias = PtrOrNull(bias);
         float al = (float)alpha, be = (float)beta;
         void** args = stackalloc void*[] { amap, bmap, cmap, inmap, &pbias, &pc, &pin, &m, &n, &k, &ldc, &al, &be, &staged };
-        string layout = transposeA ? "tn" : transposeB ? "nt" : "nn";
         string kernel = $"gemm_hopper_{layout}{(cluster > 1 ? "_mc" : "")}_{Suffix(a.DType, "MatMul")}_n{columns}";
         // The op profiler's name: the kernel and the product's shape, as cuBLASLt's products are named by theirs.
-        string? profileName = Profiler is null ? null : $"{kernel} {m}x{n}x{k}{(addend is not null ? " +residual" : beta != 0 ? " acc" : "")}";
+        string? profileName = Profiler is null ? null : $"{kernel} {m}x{n}x{k}{(residual ? " +residual" : beta != 0 ? " acc" : "")}";
         if (cluster > 1)   // persistent clusters: as many as run at once (the GPCs decide how many pairs fit), each walking units
             LaunchCluster("gemm_hopper.cu", kernel, units, (uint)cluster, HopperMatMulThreads, args, HopperMatMulShared(columns), profileName);
         else
             Launch("gemm_hopper.cu", kernel, ((uint)Math.Min(units, CudaDevice.MultiprocessorCount), 1, 1), HopperMatMulThreads, args,
                 HopperMatMulShared(columns), dependent: false, profileName: profileName);
-        return true;
     }
 
     /// <summary>Dynamic shared memory of gemm_hopper.cu at <paramref name="columns"/> output columns a tile: its stages (4 of

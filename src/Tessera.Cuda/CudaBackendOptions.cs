@@ -87,6 +87,13 @@ public sealed record CudaBackendOptions
     public bool HopperTrainingProductStagedStores { get; init; } = true;
 
     /// <summary>
+    /// Under <see cref="HopperTrainingProducts"/>, the first call of each product shape times gemm_hopper.cu against cuBLASLt
+    /// and keeps the faster for that shape (logged in <see cref="CudaBackend.MatMulTuningLog"/>); false sends every fitting
+    /// product to gemm_hopper.cu. Default true.
+    /// </summary>
+    public bool TimeHopperTrainingProducts { get; init; } = true;
+
+    /// <summary>
     /// Under <see cref="DecodeProducts"/> on the wgmma kernel (<see cref="HopperDecodeProducts"/>), the products and their
     /// SwiGLU form copy their W and x tiles with the tensor memory accelerator: one thread issues each stage's copies
     /// through tensor maps, against the stage's transaction barrier, in place of every thread's 16-byte copies and their
@@ -547,6 +554,7 @@ public sealed record CudaBackendOptions
         if (HopperTrainingProducts != d.HopperTrainingProducts) parts.Add($"{nameof(HopperTrainingProducts)}={Bool(HopperTrainingProducts)}");
         if (HopperTrainingProductMulticast != d.HopperTrainingProductMulticast) parts.Add($"{nameof(HopperTrainingProductMulticast)}={Bool(HopperTrainingProductMulticast)}");
         if (HopperTrainingProductStagedStores != d.HopperTrainingProductStagedStores) parts.Add($"{nameof(HopperTrainingProductStagedStores)}={Bool(HopperTrainingProductStagedStores)}");
+        if (TimeHopperTrainingProducts != d.TimeHopperTrainingProducts) parts.Add($"{nameof(TimeHopperTrainingProducts)}={Bool(TimeHopperTrainingProducts)}");
         if (HopperTrainingProductColumns != d.HopperTrainingProductColumns) parts.Add(Invariant($"{nameof(HopperTrainingProductColumns)}={HopperTrainingProductColumns}"));
         if (DecodeProductTensorMaps != d.DecodeProductTensorMaps) parts.Add($"{nameof(DecodeProductTensorMaps)}={Bool(DecodeProductTensorMaps)}");
         if (QuantizedDecodeProducts != d.QuantizedDecodeProducts) parts.Add($"{nameof(QuantizedDecodeProducts)}={Bool(QuantizedDecodeProducts)}");
@@ -613,6 +621,7 @@ public sealed record CudaBackendOptions
         [nameof(HopperTrainingProductColumns)] = (o, v, s) => o with { HopperTrainingProductColumns = ParseInt(v, s) },
         [nameof(HopperTrainingProductMulticast)] = (o, v, s) => o with { HopperTrainingProductMulticast = ParseBool(v, s) },
         [nameof(HopperTrainingProductStagedStores)] = (o, v, s) => o with { HopperTrainingProductStagedStores = ParseBool(v, s) },
+        [nameof(TimeHopperTrainingProducts)] = (o, v, s) => o with { TimeHopperTrainingProducts = ParseBool(v, s) },
         [nameof(DecodeProductTensorMaps)] = (o, v, s) => o with { DecodeProductTensorMaps = ParseBool(v, s) },
         [nameof(QuantizedDecodeProducts)] = (o, v, s) => o with { QuantizedDecodeProducts = ParseBool(v, s) },
         [nameof(Int4DecodeProductGroupSums)] = (o, v, s) => o with { Int4DecodeProductGroupSums = ParseBool(v, s) },

@@ -45,6 +45,7 @@ public static class GpuMatMulBench
         using var cublas = new CudaBackend(0, baseOptions with { HopperTrainingProducts = false });
         // gemm_hopper's columns: 128 x 256 tiles in clusters of two sharing B with the staged stores (the defaults), without
         // clusters, and in clusters with the stores straight from registers.
+        baseOptions = baseOptions with { TimeHopperTrainingProducts = false };   // the kernel itself, not the per-shape choice
         var variants = new (string Label, CudaBackend Backend)[]
         {
             ("128 x 256, pairs", new CudaBackend(0, baseOptions with { HopperTrainingProducts = true, HopperTrainingProductColumns = 256, HopperTrainingProductMulticast = true })),

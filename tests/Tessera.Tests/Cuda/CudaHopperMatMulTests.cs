@@ -109,6 +109,34 @@ public sealed class CudaHopperMatMulTests(CudaFixture fixture) : CudaTestBase(fi
         AssertClose(cublas, got, Tolerance(DType.BF16), $"gemm_hopper against cuBLASLt bf16 {layout} {m}x{n}x{k} n{columns} multicast {multicast}");
     }
 
+    /// <summary>
+    /// Under <see cref="CudaBackendOptions.TimeHopperTrainingProducts"/> the first call of a shape times gemm_hopper against
+    /// cuBLASLt on a scratch output (logged), and whichever it keeps gives the reference's result; an accumulating product's c
+    /// is not touched by the timing (its result is c plus one product, not several).
+    /// </summary>
+    [Fact]
+    public void TheTimedChoiceLogsItsTimesAndKeepsTheResult()
+    {
+        if (Gpu.CudaDevice.ComputeCapability != (9, 0))
+            Assert.Skip($"gemm_hopper.cu needs compute capability 9.0; this device is {Gpu.CudaDevice.Architecture}");
+        using var timed = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { HopperTrainingProducts = true });
+        const int m = 1024, n = 512, k = 768;
+        var (av, bv, c0) = (Values(m * k, 1.0), Values(n * k, 0.05), Values(m * n, 1.0));
+        var product = new Product(DType.BF16, "tn", m, n, k, n, 1.0, 1.0, null, null);
+        var got = product.Run(timed, av, bv, c0);
+        Assert.Contains(timed.MatMulTuningLog, line => line.StartsWith($"gemm_hopper tn BF16 {m}x{n}x{k} acc: ", StringComparison.Ordinal));
+        double[] sa = Stored(av, DType.BF16), sb = Stored(bv, DType.BF16), sc = Stored(c0, DType.BF16);
+        var expected = new double[m * n];
+        for (int r = 0; r < m; r++)
+            for (int c = 0; c < n; c++)
+            {
+                double s = 0;
+                for (int i = 0; i < k; i++) s += sa[product.AIndex(r, i)] * sb[product.BIndex(i, c)];
+                expected[r * n + c] = s + sc[r * n + c];
+            }
+        AssertClose(expected, got, Tolerance(DType.BF16), "the timed choice's product (beta = 1)");
+    }
+
     /// <summary>c (m, n), ld apart, = alpha op(a) op(b) + bias + beta c (or + the addend) in one of the three layouts; a and b
     /// are uploaded as stored: nt a (m, k) b (n, k), nn a (m, k) b (k, n), tn a (k, m) b (k, n).</summary>
     private sealed record Product(DType DType, string Layout, int M, int N, int K, int Ld, double Alpha, double Beta, double[]? Bias, double[]? Addend)
@@ -140,6 +168,7 @@ public sealed class CudaHopperMatMulTests(CudaFixture fixture) : CudaTestBase(fi
         return new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with
         {
             HopperTrainingProducts = true, HopperTrainingProductColumns = columns, HopperTrainingProductMulticast = multicast, ProfileOps = true,
+            TimeHopperTrainingProducts = false,   // every fitting product on gemm_hopper, whichever is faster
         });
     }
 
