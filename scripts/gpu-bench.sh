@@ -87,6 +87,7 @@ CS
     cp bench/pytorch/batched_decode.py "$dest/batched_decode.py"
     cp bench/pytorch/hf_decode.py "$dest/hf_decode.py"
     cp bench/pytorch/gemm.py "$dest/gemm.py"
+    cp bench/pytorch/cuda_timing.py "$dest/cuda_timing.py"   # gemm.py imports it from its folder
     git rev-parse --short HEAD > "$dest/commit.txt"
     du -sh "$dest"
     ;;

@@ -12,23 +12,10 @@ events; TFLOP/s counts the causal half as gpu-attention does (forward 2 B H T^2 
 import argparse
 
 import torch
+
+from cuda_timing import median_ms
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
-
-
-def median_ms(fn, reps):
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    times.sort()
-    return times[reps // 2]
 
 
 def measure(q, k, v, dout, reps):

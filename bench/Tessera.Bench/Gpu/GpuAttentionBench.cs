@@ -143,8 +143,8 @@ public static class GpuAttentionBench
         owned.AddRange([tdo, o, lse]);
         double scale = 1 / Math.Sqrt(d);
         double forward = backwardOnly ? Once(be, () => be.AttentionForward(tq, tk, tv, o, lse, scale))
-            : MedianMs(be, () => be.AttentionForward(tq, tk, tv, o, lse, scale), reps);
-        double backwardMs = backward ? MedianMs(be, () => be.AttentionBackward(tq, tk, tv, o, tdo, lse, dq, dk, dv, scale), reps) : double.NaN;
+            : GpuTiming.MedianMs(be, () => be.AttentionForward(tq, tk, tv, o, lse, scale), reps);
+        double backwardMs = backward ? GpuTiming.MedianMs(be, () => be.AttentionBackward(tq, tk, tv, o, tdo, lse, dq, dk, dv, scale), reps) : double.NaN;
         var output = be.ToArray<BFloat16>(o);
         foreach (var x in owned) x.Storage.Dispose();
         return (forward, backwardMs, output);
@@ -164,23 +164,5 @@ public static class GpuAttentionBench
         op();
         be.Synchronize();
         return double.NaN;
-    }
-
-    private static double MedianMs(CudaBackend be, Action op, int reps)
-    {
-        for (int i = 0; i < 3; i++) op();
-        using var start = new CudaEvent(be.CudaDevice);
-        using var end = new CudaEvent(be.CudaDevice);
-        var times = new List<double>();
-        for (int i = 0; i < reps; i++)
-        {
-            start.Record(be.Stream);
-            op();
-            end.Record(be.Stream);
-            end.Synchronize();
-            times.Add(end.ElapsedSince(start));
-        }
-        times.Sort();
-        return times[reps / 2];
     }
 }

@@ -100,22 +100,10 @@ public static class GpuMatMulBench
         // With beta, c accumulates over the runs (a weight gradient's form): the outputs compared are then those of equal
         // numbers of runs, as every backend runs the same warm-ups and repetitions.
         void Op() => be.MatMul(a, b, c, transposeA: ta, transposeB: tb, beta: beta);
-        for (int i = 0; i < 3; i++) Op();
-        using var start = new CudaEvent(be.CudaDevice);
-        using var end = new CudaEvent(be.CudaDevice);
-        var times = new List<double>();
-        for (int i = 0; i < reps; i++)
-        {
-            start.Record(be.Stream);
-            Op();
-            end.Record(be.Stream);
-            end.Synchronize();
-            times.Add(end.ElapsedSince(start));
-        }
-        times.Sort();
+        double ms = GpuTiming.MedianMs(be, Op, reps);
         var output = be.ToArray<BFloat16>(c);
         a.Storage.Dispose(); b.Storage.Dispose(); c.Storage.Dispose();
-        return (times[reps / 2], output);
+        return (ms, output);
     }
 
     // ||x - y|| / ||x||

@@ -388,43 +388,37 @@ inline void emu_tensor_map_2d(void* map, const void* base, unsigned long long co
 // cp.async.bulk.tensor.2d ... .mbarrier::complete_tx: the box at element (c0, c1), elements past the tensor zero-filled (by
 // 16-byte chunks here: a chunk that crosses the last column is zeroed whole, which the hardware does element by element; the
 // decode products' K is a multiple of 64), then its bytes credited to the barrier (the whole box's, as the hardware counts them).
-inline void emu_tma_load_2d(unsigned dst, const void* map_bytes, int c0, int c1, unsigned bar)
+// The box at element (c0, c1) into `memory` + dst in the 128-byte swizzle, zero-filled past the tensor; returns its bytes.
+inline unsigned emu_tma_box_into(unsigned char* memory, unsigned dst, const void* map_bytes, int c0, int c1, const char* what)
 {
     EmuTensorMap2d m;
     std::memcpy(&m, map_bytes, sizeof m);
     const unsigned row_bytes = m.box[0] * m.element_bytes, per_chunk = 16 / m.element_bytes;
-    if (row_bytes != 128 || dst % 1024 != 0) { std::fprintf(stderr, "emu_tma_load_2d: 128-byte box rows into a 1,024-byte aligned tile only\n"); std::abort(); }
+    if (row_bytes != 128 || dst % 1024 != 0) { std::fprintf(stderr, "%s: 128-byte box rows into a 1,024-byte aligned tile only\n", what); std::abort(); }
     for (unsigned r = 0; r < m.box[1]; r++)
         for (unsigned c = 0; c < 8; c++)
         {
-            unsigned char* to = emu_shared() + dst + r * 128 + ((c ^ (r & 7)) << 4);
+            unsigned char* to = memory + dst + r * 128 + ((c ^ (r & 7)) << 4);
             const unsigned long long row = (unsigned long long)c1 + r, col = (unsigned long long)c0 + c * per_chunk;
             if (row < m.dims[1] && col + per_chunk <= m.dims[0]) std::memcpy(to, m.base + row * m.stride_bytes + col * m.element_bytes, 16);
             else std::memset(to, 0, 16);
         }
-    emu_mbar_complete_tx(bar, row_bytes * m.box[1]);
+    return row_bytes * m.box[1];
+}
+inline void emu_tma_load_2d(unsigned dst, const void* map_bytes, int c0, int c1, unsigned bar)
+{
+    emu_mbar_complete_tx(bar, emu_tma_box_into(emu_shared(), dst, map_bytes, c0, c1, "emu_tma_load_2d"));
 }
 // The multicast form: the box into the same address of each CTA in the mask, each CTA's barrier at bar credited.
 inline void emu_tma_load_2d_multicast(unsigned dst, const void* map_bytes, int c0, int c1, unsigned bar, unsigned short ctas)
 {
-    EmuTensorMap2d m;
-    std::memcpy(&m, map_bytes, sizeof m);
-    const unsigned row_bytes = m.box[0] * m.element_bytes, per_chunk = 16 / m.element_bytes;
-    if (row_bytes != 128 || dst % 1024 != 0) { std::fprintf(stderr, "emu_tma_load_2d_multicast: 128-byte box rows into a 1,024-byte aligned tile only\n"); std::abort(); }
     for (unsigned rank = 0; rank < 16; rank++)
     {
         if (!(ctas >> rank & 1u)) continue;
         unsigned char* memory = emu_cta_memory(rank);
-        for (unsigned r = 0; r < m.box[1]; r++)
-            for (unsigned c = 0; c < 8; c++)
-            {
-                unsigned char* to = memory + dst + r * 128 + ((c ^ (r & 7)) << 4);
-                const unsigned long long row = (unsigned long long)c1 + r, col = (unsigned long long)c0 + c * per_chunk;
-                if (row < m.dims[1] && col + per_chunk <= m.dims[0]) std::memcpy(to, m.base + row * m.stride_bytes + col * m.element_bytes, 16);
-                else std::memset(to, 0, 16);
-            }
+        const unsigned bytes = emu_tma_box_into(memory, dst, map_bytes, c0, c1, "emu_tma_load_2d_multicast");
         std::lock_guard<std::mutex> hold(emu_barrier_lock);
-        emu_complete_tx_locked(emu_barrier_in(memory, bar), bar, row_bytes * m.box[1]);
+        emu_complete_tx_locked(emu_barrier_in(memory, bar), bar, bytes);
     }
 }
 // cp.async.bulk.tensor.2d.global.shared::cta: the box from its swizzled shared tile into the tensor at element (c0, c1), rows
