@@ -103,8 +103,8 @@ public sealed unsafe partial class CudaBackend
         ulong pa = Ptr(a), pb = Ptr(b);
         int columns = Options.HopperTrainingProductColumns, cluster = Options.HopperTrainingProductMulticast ? 2 : 1;
         long units = (long)((m + HopperMatMulBlockRows * cluster - 1) / (HopperMatMulBlockRows * cluster)) * ((n + columns - 1) / columns);
-        byte* maps = stackalloc byte[4 * 128 + 64];
-        byte* amap = (byte*)(((nint)maps + 63) & ~(nint)63), bmap = amap + 128, cmap = bmap + 128, inmap = cmap + 128;
+        byte* maps = stackalloc byte[5 * 128 + 64];
+        byte* amap = (byte*)(((nint)maps + 63) & ~(nint)63), bmap = amap + 128, cmap = bmap + 128, inmap = cmap + 128, omap = inmap + 128;
         // K-major operands in boxes of their tile's rows (B's shared by a cluster's CTAs) by 64 of K; MN-major ones in boxes of
         // 64 rows of K by 64.
         if (transposeA) EncodeTensorMap(amap, a.DType, pa, m, k, a.Stride(0), 64);
@@ -122,11 +122,123 @@ public sealed unsafe partial class CudaBackend
         }
         ulong pbias = PtrOrNull(bias);
         float al = (float)alpha, be = (float)beta;
-        void** args = stackalloc void*[] { amap, bmap, cmap, inmap, &pbias, &pc, &pin, &m, &n, &k, &ldc, &al, &be, &staged };
+        void** args = stackalloc void*[] { amap, bmap, cmap, inmap, omap, &pbias, &pc, &pin, &m, &n, &k, &ldc, &al, &be, &staged };
         string kernel = $"gemm_hopper_{layout}{(cluster > 1 ? "_mc" : "")}_{Suffix(a.DType, "MatMul")}_n{columns}";
         // The op profiler's name: the kernel and the product's shape, as cuBLASLt's products are named by theirs.
         string? profileName = Profiler is null ? null : $"{kernel} {m}x{n}x{k}{(residual ? " +residual" : beta != 0 ? " acc" : "")}";
         if (cluster > 1)   // persistent clusters: as many as run at once (the GPCs decide how many pairs fit), each walking units
+            LaunchCluster("gemm_hopper.cu", kernel, units, (uint)cluster, HopperMatMulThreads, args, HopperMatMulShared(columns), profileName);
+        else
+            Launch("gemm_hopper.cu", kernel, ((uint)Math.Min(units, CudaDevice.MultiprocessorCount), 1, 1), HopperMatMulThreads, args,
+                HopperMatMulShared(columns), dependent: false, profileName: profileName);
+    }
+
+    /// <inheritdoc/>
+    /// <remarks>On gemm_hopper.cu's SwiGLU form (gemm_hopper_swiglu*: the gate and up sums of 128 outputs in one tile, gateUp's
+    /// halves and SiLU(gate) * up stored from the epilogue) under <see cref="CudaBackendOptions.HopperTrainingProducts"/> where
+    /// it fits (16-bit, at least 128 rows, F and every row stride a multiple of 8 values, 16-byte aligned rows) and, under
+    /// <see cref="CudaBackendOptions.TimeHopperTrainingProducts"/>, where the first call of its shape timed it faster than the
+    /// product and the SwiGLU kernel; otherwise those two (<see cref="GateUpSwiGluComposition"/>).</remarks>
+    public void GateUpSwiGlu(Tensor x, Tensor gateUpWeight, Tensor gateUp, Tensor activated)
+    {
+        ArgumentNullException.ThrowIfNull(x); ArgumentNullException.ThrowIfNull(gateUpWeight);
+        ArgumentNullException.ThrowIfNull(gateUp); ArgumentNullException.ThrowIfNull(activated);
+        if (!HopperSwiGluFits(x, gateUpWeight, gateUp, activated))
+        {
+            GateUpSwiGluComposition.Apply(this, x, gateUpWeight, gateUp, activated);
+            return;
+        }
+        int m = x.Size(0), f = activated.Size(1), k = x.Size(1);
+        if (Options.TimeHopperTrainingProducts)
+        {
+            var key = new HopperMatMulKey(x.DType, "swiglu", m, f, k, x.Stride(0), gateUpWeight.Stride(0), gateUp.Stride(0), false, false);
+            if (!_hopperChoices.TryGetValue(key, out bool faster))
+            {
+                if (_capturing)
+                {
+                    GateUpSwiGluComposition.Apply(this, x, gateUpWeight, gateUp, activated);
+                    return;
+                }
+                faster = _hopperChoices[key] = TimeHopperSwiGlu(x, gateUpWeight, gateUp, activated);
+            }
+            if (!faster)
+            {
+                GateUpSwiGluComposition.Apply(this, x, gateUpWeight, gateUp, activated);
+                return;
+            }
+        }
+        LaunchHopperSwiGlu(x, gateUpWeight, Ptr(gateUp), gateUp.Stride(0), Ptr(activated), activated.Stride(0), m, f, k);
+    }
+
+    /// <summary>Whether <see cref="GateUpSwiGlu"/> fits gemm_hopper.cu's SwiGLU form here.</summary>
+    private bool HopperSwiGluFits(Tensor x, Tensor w, Tensor gu, Tensor act)
+    {
+        if (!Options.HopperTrainingProducts || x.Rank != 2 || w.Rank != 2 || gu.Rank != 2 || act.Rank != 2) return false;
+        if (x.DType is not (DType.BF16 or DType.F16) || w.DType != x.DType || gu.DType != x.DType || act.DType != x.DType) return false;
+        int m = x.Size(0), k = x.Size(1), f = act.Size(1);
+        if (m < HopperMatMulMinRows || k % 8 != 0 || f % 8 != 0 || f == 0 || w.Size(0) != 2 * f || w.Size(1) != k
+            || gu.Size(0) != m || gu.Size(1) != 2 * f || act.Size(0) != m) return false;
+        foreach (var t in new[] { x, w, gu, act })
+            if (t.Stride(1) != 1 || t.Stride(0) % 8 != 0 || Ptr(t) % 16 != 0) return false;
+        return UsesHopperTrainingProducts;
+    }
+
+    /// <summary>Times the fused form and the product with the SwiGLU kernel (a warm-up, then three runs between events, each)
+    /// on scratch outputs; true when the fused form is at least 1 % faster. Logged in <see cref="MatMulTuningLog"/>.</summary>
+    private bool TimeHopperSwiGlu(Tensor x, Tensor w, Tensor gu, Tensor act)
+    {
+        int m = x.Size(0), f = act.Size(1), k = x.Size(1);
+        var guScratch = Allocate(new Shape(m, 2 * f), gu.DType);
+        var actScratch = Allocate(new Shape(m, f), act.DType);
+        try
+        {
+            float Time(Action run)
+            {
+                run();
+                using var start = new CudaEvent(CudaDevice);
+                using var end = new CudaEvent(CudaDevice);
+                start.Record(Stream);
+                for (int r = 0; r < 3; r++) run();
+                end.Record(Stream);
+                end.Synchronize();
+                return end.ElapsedSince(start) / 3;
+            }
+            float fused = Time(() => LaunchHopperSwiGlu(x, w, Ptr(guScratch), 2 * f, Ptr(actScratch), f, m, f, k));
+            float composed = Time(() => GateUpSwiGluComposition.Apply(this, x, w, guScratch, actScratch));
+            bool faster = fused < composed * 0.99f;
+            _tuningLog.Add($"gemm_hopper swiglu {x.DType} {m}x{2 * f}x{k}: {fused * 1000:F1} us against the product and SwiGLU's " +
+                $"{composed * 1000:F1}: {(faster ? "gemm_hopper" : "the two")}");
+            return faster;
+        }
+        finally
+        {
+            guScratch.Storage.Dispose();
+            actScratch.Storage.Dispose();
+        }
+    }
+
+    /// <summary>gemm_hopper.cu's SwiGLU form for a call <see cref="HopperSwiGluFits"/> accepted: gateUp at <paramref name="pgu"/>
+    /// (rows <paramref name="ldgu"/> apart), the activation at <paramref name="pact"/> (rows <paramref name="ldact"/> apart).</summary>
+    private void LaunchHopperSwiGlu(Tensor x, Tensor w, ulong pgu, long ldgu, ulong pact, long ldact, int m, int f, int k)
+    {
+        const int columns = 256;                           // a tile: 128 outputs' gate and up sums
+        int cluster = Options.HopperTrainingProductMulticast ? 2 : 1;
+        long units = (long)((m + HopperMatMulBlockRows * cluster - 1) / (HopperMatMulBlockRows * cluster)) * ((f + columns / 2 - 1) / (columns / 2));
+        byte* maps = stackalloc byte[5 * 128 + 64];
+        byte* xmap = (byte*)(((nint)maps + 63) & ~(nint)63), wmap = xmap + 128, gmap = wmap + 128, umap = gmap + 128, amap = umap + 128;
+        EncodeTensorMap(xmap, x.DType, Ptr(x), k, m, x.Stride(0), HopperMatMulBlockRows);
+        EncodeTensorMap(wmap, x.DType, Ptr(w), k, 2 * f, w.Stride(0), columns / 2);   // the gate rows' and the up rows' boxes
+        EncodeTensorMap(gmap, x.DType, pgu, f, m, ldgu, 64);                           // gateUp's first half: the gate values
+        EncodeTensorMap(umap, x.DType, pgu + (ulong)f * 2, f, m, ldgu, 64);            // its second half: the up values
+        EncodeTensorMap(amap, x.DType, pact, f, m, ldact, 64);
+        ulong pbias = 0, pc = pgu;
+        long ldc = ldgu;
+        float al = 1f, be = 0f;
+        int staged = 1;
+        void** args = stackalloc void*[] { xmap, wmap, gmap, umap, amap, &pbias, &pc, &pc, &m, &f, &k, &ldc, &al, &be, &staged };
+        string kernel = $"gemm_hopper_swiglu{(cluster > 1 ? "_mc" : "")}_{Suffix(x.DType, "GateUpSwiGlu")}_n{columns}";
+        string? profileName = Profiler is null ? null : $"{kernel} {m}x{2 * f}x{k}";
+        if (cluster > 1)
             LaunchCluster("gemm_hopper.cu", kernel, units, (uint)cluster, HopperMatMulThreads, args, HopperMatMulShared(columns), profileName);
         else
             Launch("gemm_hopper.cu", kernel, ((uint)Math.Min(units, CudaDevice.MultiprocessorCount), 1, 1), HopperMatMulThreads, args,

@@ -161,6 +161,15 @@ public interface IBackend
         RmsNormPrologue? norm = null, bool geluGate = false);
 
     /// <summary>
+    /// Llama's MLP in training, before its last product: gateUp (N, 2F) = x (N, C) gateUpWeight^T, gateUpWeight (2F, C) the gate
+    /// and up weights stacked ([Wg; Wu]), and activated (N, F) = SiLU(gateUp[:, :F]) * gateUp[:, F:], both kept (the backward
+    /// reads gateUp): the product then <see cref="SwiGluForward"/> on its two halves, with the same bits. One launch where the
+    /// backend fuses it (the CUDA backend's training product, under its HopperTrainingProducts option, on compute capability 9.0).
+    /// gateUp and activated are rank-2 views whose rows are contiguous.
+    /// </summary>
+    void GateUpSwiGlu(Tensor x, Tensor gateUpWeight, Tensor gateUp, Tensor activated);
+
+    /// <summary>
     /// output (N,F) = RMSNorm(x) weight^T (+ bias) for x (N,C) and weight (F,C): a pre-norm block's norm and the product that
     /// reads it, fused where the backend can (the CUDA backend for N &lt;= 4); otherwise <see cref="RmsNormForward"/> then
     /// <see cref="MatMul"/>. Nothing is saved for backward (inference).

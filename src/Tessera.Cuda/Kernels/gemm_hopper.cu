@@ -53,10 +53,15 @@ __device__ __forceinline__ void gh_store_pair(T* row, const T* in, int n, int N,
     else row[n] = from_f<T>(v0);
 }
 
-template <typename T, int BN, int ST, int CL, bool TA, bool TB>
-__device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const TensorMap* cmap, const TensorMap* inmap, const T* bias,
-                            T* c, const T* cin, int M, int N, int K, i64 ldc, float alpha, float beta, int staged)
+// SW (the SwiGLU form, nt only, staged stores, alpha 1, beta 0, no bias): b is a stacked [Wg; Wu] (2N rows of K), a tile's
+// BN accumulator columns are N's BN / 2 outputs' gate sums then their up sums (B's tile as BN / 2 gate rows and the same
+// outputs' up rows), and the epilogue stores the gate and up values to gu (cmap: its first N columns; inmap: its last N)
+// and SiLU(gate) * up, from the rounded gate and up as SwiGluForward computes it, to omap.
+template <typename T, int BN, int ST, int CL, bool TA, bool TB, bool SW = false>
+__device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const TensorMap* cmap, const TensorMap* inmap, const TensorMap* omap,
+                            const T* bias, T* c, const T* cin, int M, int N, int K, i64 ldc, float alpha, float beta, int staged)
 {
+    static_assert(!SW || (!TA && !TB && BN == 256), "gemm_hopper: the SwiGLU form is the forward's layout at 256 columns");
     constexpr int AT = GH_BM * GH_BK * 2, BT = BN * GH_BK * 2, STAGE = AT + BT;   // bytes; each a multiple of 1,024
     constexpr int EP = 64 * 64 * 2;                        // an epilogue buffer: 64 rows by 64 columns, two a consumer warpgroup
     extern __shared__ unsigned char gh_raw[];
@@ -69,7 +74,8 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
     const int tid = threadIdx.x, wg = tid / 128;
     const unsigned rank = CL > 1 ? cluster_rank() : 0u;
     // The walk is over units of CL row tiles by one column tile: a cluster's CTAs take the unit's row tiles in rank order.
-    const int tiles_m = (M + GH_BM - 1) / GH_BM, tiles_n = (N + BN - 1) / BN, units_m = (tiles_m + CL - 1) / CL;
+    constexpr int OUT = SW ? BN / 2 : BN;                  // output columns a tile
+    const int tiles_m = (M + GH_BM - 1) / GH_BM, tiles_n = (N + OUT - 1) / OUT, units_m = (tiles_m + CL - 1) / CL;
     const int units = units_m * tiles_n, first = blockIdx.x / CL, step = gridDim.x / CL;
     const int ktiles = (K + GH_BK - 1) / GH_BK;
     if (tid == 0)
@@ -113,7 +119,20 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
                     // This CTA's share of B's BN columns (all of them alone), into every CTA of the cluster.
                     const int n0 = tn * BN + rank * (BN / CL);
                     constexpr unsigned short everyone = (unsigned short)((1u << CL) - 1);
-                    if constexpr (!TB)
+                    if constexpr (SW)
+                    {
+                        // B's tile in two boxes of BN / 2 rows, the gate rows then the up rows of the same outputs (a
+                        // cluster's CTA r copies box r); the host encodes b's map in boxes of BN / 2 rows.
+#pragma unroll
+                        for (int h = rank * 2 / CL; h < (int)(rank + 1) * 2 / CL; h++)
+                        {
+                            const unsigned dst = sa + AT + h * (BT / 2);
+                            const int row = (h ? N : 0) + tn * OUT;
+                            if constexpr (CL == 1) tma_load_2d(dst, bmap, kt * GH_BK, row, full(s));
+                            else tma_load_2d_multicast(dst, bmap, kt * GH_BK, row, full(s), everyone);
+                        }
+                    }
+                    else if constexpr (!TB)
                     {
                         if constexpr (CL == 1) tma_load_2d(sb, bmap, kt * GH_BK, n0, full(s));
                         else tma_load_2d_multicast(sb, bmap, kt * GH_BK, n0, full(s), everyone);
@@ -183,7 +202,40 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
             wgmma_wait<0>();
             fence_registers<BN / 2>(acc);
             hand_back((i - 1) % ST);
-            if (staged)
+            if constexpr (SW)
+            {
+                // Six chunks of 64 x 64 through the two buffers in turn: for each 64 outputs, their gate values (to gu's
+                // first half), their up values (its second half), then SiLU(gate) * up (to the activation).
+                const int f0 = tn * OUT;
+#pragma unroll
+                for (int e = 0; e < 3 * (OUT / 64); e++)
+                {
+                    const int q = e / 3, what = e % 3;
+                    const unsigned buf = ep + (e & 1) * EP;
+                    if (leader) bulk_wait_read<1>();       // the store that last read this buffer has read it
+                    warpgroup_barrier(wg);
+#pragma unroll
+                    for (int jj = 0; jj < 8; jj++)
+#pragma unroll
+                        for (int r = 0; r < 2; r++)
+                        {
+                            const int j = 8 * q + jj, row = 16 * warp + g + 8 * r;
+                            const unsigned gate = pack2<T>(acc[4 * j + 2 * r], acc[4 * j + 2 * r + 1]);
+                            const unsigned up = pack2<T>(acc[4 * (j + OUT / 8) + 2 * r], acc[4 * (j + OUT / 8) + 2 * r + 1]);
+                            const unsigned v = what == 0 ? gate : what == 1 ? up
+                                : pack2<T>(silu(unpack_lo<T>(gate)) * unpack_lo<T>(up), silu(unpack_hi<T>(gate)) * unpack_hi<T>(up));
+                            sts_u32(buf + row * 128 + ((jj ^ (row & 7)) << 4) + c4 * 4, v);
+                        }
+                    fence_async_shared();
+                    warpgroup_barrier(wg);
+                    if (leader)
+                    {
+                        tma_store_2d(what == 0 ? cmap : what == 1 ? inmap : omap, f0 + 64 * q, mw, buf);   // clipped at N and M
+                        bulk_commit();
+                    }
+                }
+            }
+            else if (staged)
             {
                 // 64 columns at a time into a swizzled 64 x 64 buffer (two a warpgroup, alternating), stored by the tensor
                 // memory accelerator while the warpgroup goes on: the next chunk, then the next tile's products. With beta,
@@ -272,16 +324,22 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
 // launches them so, gridDim.x even): the pair's CTAs take two adjacent row tiles of one column tile, and each copies half of
 // B's tile into both (multicast), so each B tile crosses from L2 once for two CTAs (each k-tile's L2 traffic 32 KB a CTA
 // instead of 48 at 256 columns).
-#define GEMM_HOPPER(layout, TA, TB, name, t, BN, ST, CL, tag)                                                             \
+#define GEMM_HOPPER(layout, TA, TB, name, t, BN, ST, CL, tag, SW)                                                         \
     extern "C" __global__ void __launch_bounds__(GH_THREADS, 1) gemm_hopper_##layout##tag##_##name##_n##BN(               \
         const __grid_constant__ TensorMap amap, const __grid_constant__ TensorMap bmap,                                   \
-        const __grid_constant__ TensorMap cmap, const __grid_constant__ TensorMap inmap, const t* bias, t* c,             \
-        const t* cin, int M, int N, int K, i64 ldc, float alpha, float beta, int staged)                                  \
+        const __grid_constant__ TensorMap cmap, const __grid_constant__ TensorMap inmap,                                  \
+        const __grid_constant__ TensorMap omap, const t* bias, t* c, const t* cin, int M, int N, int K, i64 ldc,          \
+        float alpha, float beta, int staged)                                                                              \
     {                                                                                                                     \
-        gemm_hopper<t, BN, ST, CL, TA, TB>(&amap, &bmap, &cmap, &inmap, bias, c, cin, M, N, K, ldc, alpha, beta, staged); \
+        gemm_hopper<t, BN, ST, CL, TA, TB, SW>(&amap, &bmap, &cmap, &inmap, &omap, bias, c, cin, M, N, K, ldc, alpha,    \
+                                               beta, staged);                                                             \
     }
 #define GEMM_HOPPER_LAYOUT(layout, TA, TB, name, t)                                                                       \
-    GEMM_HOPPER(layout, TA, TB, name, t, 256, 4, 1, ) GEMM_HOPPER(layout, TA, TB, name, t, 256, 4, 2, _mc)                \
-    GEMM_HOPPER(layout, TA, TB, name, t, 128, 6, 1, ) GEMM_HOPPER(layout, TA, TB, name, t, 128, 6, 2, _mc)
+    GEMM_HOPPER(layout, TA, TB, name, t, 256, 4, 1, , false) GEMM_HOPPER(layout, TA, TB, name, t, 256, 4, 2, _mc, false)  \
+    GEMM_HOPPER(layout, TA, TB, name, t, 128, 6, 1, , false) GEMM_HOPPER(layout, TA, TB, name, t, 128, 6, 2, _mc, false)
 GEMM_HOPPER_LAYOUT(nt, false, false, bf16, bf16) GEMM_HOPPER_LAYOUT(nn, false, true, bf16, bf16) GEMM_HOPPER_LAYOUT(tn, true, true, bf16, bf16)
 GEMM_HOPPER_LAYOUT(nt, false, false, f16, f16) GEMM_HOPPER_LAYOUT(nn, false, true, f16, f16) GEMM_HOPPER_LAYOUT(tn, true, true, f16, f16)
+// The SwiGLU form: gemm_hopper_swiglu[_mc]_{bf16,f16}_n256 (N = F, the outputs; b = [Wg; Wu] in boxes of 128 rows; cmap and inmap
+// gu's two halves, omap the activation, each (M rows of F) in boxes of 64 by 64).
+GEMM_HOPPER(swiglu, false, false, bf16, bf16, 256, 4, 1, , true) GEMM_HOPPER(swiglu, false, false, bf16, bf16, 256, 4, 2, _mc, true)
+GEMM_HOPPER(swiglu, false, false, f16, f16, 256, 4, 1, , true) GEMM_HOPPER(swiglu, false, false, f16, f16, 256, 4, 2, _mc, true)

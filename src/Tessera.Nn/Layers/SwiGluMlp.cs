@@ -85,9 +85,8 @@ public sealed class SwiGluMlp : IFeedForward
             int f = Gate.OutFeatures;
             var weights = Stacked(Gate.Weight.Value, Up.Weight.Value)!;                   // (2F, C): [Wg; Wu]
             var gu = ctx.Buffer(_gateUp, new Shape(rows.Size(0), 2 * f), rows.DType);     // (N, 2F): [g | u]
-            x.Backend.MatMul(rows, weights, gu, transposeB: true);
             var activated = ctx.Buffer(_activated, new Shape(rows.Size(0), f), rows.DType);   // (N, F)
-            x.Backend.SwiGluForward(gu.Slice(1, 0, f), gu.Slice(1, f, f), activated);
+            x.Backend.GateUpSwiGlu(rows, weights, gu, activated);                        // the product, then SwiGLU on its halves
             ctx.Save(_gateUp, gu);
             ctx.Save(_input, rows);
             return Projection.Forward(ctx, activated, residual);     // x's rows, (N, C)

@@ -346,6 +346,11 @@ public sealed unsafe partial class CpuBackend
         KeepOperandsAlive(x, starts, columns, values);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>The product into gateUp, then <see cref="SwiGluForward"/> on its halves.</remarks>
+    public void GateUpSwiGlu(Tensor x, Tensor gateUpWeight, Tensor gateUp, Tensor activated) =>
+        GateUpSwiGluComposition.Apply(this, x, gateUpWeight, gateUp, activated);
+
     public void MatMulSwiGlu(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor output, Tensor? gateBias = null, Tensor? upBias = null,
         RmsNormPrologue? norm = null, bool geluGate = false)
     {

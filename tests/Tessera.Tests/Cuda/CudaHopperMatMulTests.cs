@@ -137,6 +137,47 @@ public sealed class CudaHopperMatMulTests(CudaFixture fixture) : CudaTestBase(fi
         AssertClose(expected, got, Tolerance(DType.BF16), "the timed choice's product (beta = 1)");
     }
 
+    /// <summary>
+    /// <see cref="IBackend.GateUpSwiGlu"/> on gemm_hopper's SwiGLU form (the gate and up sums of 128 outputs in one tile, both
+    /// halves of gateUp and SiLU(gate) * up stored from the epilogue): gateUp against the default backend's product (cuBLASLt)
+    /// within 1e-2, and the activation bit for bit against <see cref="IBackend.SwiGluForward"/> on the gateUp it stored;
+    /// F short of a tile, in clusters of two and without, the row padding of both outputs untouched.
+    /// </summary>
+    [Theory]
+    [InlineData(300, 200, 136, true)]
+    [InlineData(2048, 8192, 2048, true)]    // llama-1b's MLP at 2,048 tokens
+    [InlineData(256, 136, 448, false)]
+    public void GateUpSwiGluMatchesTheProductThenSwiGlu(int m, int f, int k, bool multicast)
+    {
+        using var hopper = HopperBackend(256, multicast);
+        var (xv, wv) = (Values(m * k, 1.0), Values(2 * f * k, 0.05));
+        var (gu0, a0) = (Values(m * (2 * f + 8), 1.0), Values(m * (f + 8), 1.0));
+        (double[] GateUp, double[] Activated, double[] FromGateUp) Run(CudaBackend backend)
+        {
+            var x = Upload(backend, xv, DType.BF16, m, k);
+            var w = Upload(backend, wv, DType.BF16, 2 * f, k);
+            var gu = Upload(backend, gu0, DType.BF16, m, 2 * f + 8);
+            var act = Upload(backend, a0, DType.BF16, m, f + 8);
+            backend.GateUpSwiGlu(x, w, gu.Slice(1, 0, 2 * f), act.Slice(1, 0, f));
+            var again = backend.Allocate(new Shape(m, f), DType.BF16);
+            backend.SwiGluForward(gu.Slice(1, 0, f), gu.Slice(1, f, f), again);
+            return (Download(backend, gu), Download(backend, act), Download(backend, again));
+        }
+        var fused = Run(hopper);
+        Assert.Contains(hopper.Profiler!.Totals(), r => r.Name.StartsWith($"gemm_hopper_swiglu{(multicast ? "_mc" : "")}_bf16_n256 ", StringComparison.Ordinal));
+        var plain = Run(Gpu);
+        double[] sgu0 = Stored(gu0, DType.BF16), sa0 = Stored(a0, DType.BF16);
+        var (got, want) = (new double[m * 2 * f], new double[m * 2 * f]);
+        for (int r = 0; r < m; r++)
+        {
+            for (int c = 0; c < 2 * f; c++) { got[r * 2 * f + c] = fused.GateUp[r * (2 * f + 8) + c]; want[r * 2 * f + c] = plain.GateUp[r * (2 * f + 8) + c]; }
+            for (int c = 0; c < f; c++) Assert.Equal(fused.FromGateUp[r * f + c], fused.Activated[r * (f + 8) + c]);
+            for (int c = 2 * f; c < 2 * f + 8; c++) Assert.Equal(sgu0[r * (2 * f + 8) + c], fused.GateUp[r * (2 * f + 8) + c]);
+            for (int c = f; c < f + 8; c++) Assert.Equal(sa0[r * (f + 8) + c], fused.Activated[r * (f + 8) + c]);
+        }
+        AssertClose(want, got, Tolerance(DType.BF16), $"gemm_hopper_swiglu gateUp against cuBLASLt's {m}x{2 * f}x{k} multicast {multicast}");
+    }
+
     /// <summary>c (m, n), ld apart, = alpha op(a) op(b) + bias + beta c (or + the addend) in one of the three layouts; a and b
     /// are uploaded as stored: nt a (m, k) b (n, k), nn a (m, k) b (k, n), tn a (k, m) b (k, n).</summary>
     private sealed record Product(DType DType, string Layout, int M, int N, int K, int Ld, double Alpha, double Beta, double[]? Bias, double[]? Addend)

@@ -35,6 +35,9 @@ internal class ForwardingBackend(IBackend inner) : IBackend
     public virtual void SwiGluForward(Tensor gate, Tensor up, Tensor output) => Inner.SwiGluForward(gate, up, output);
     public virtual void SwiGluBackward(Tensor gate, Tensor up, Tensor dOutput, Tensor dGate, Tensor dUp) => Inner.SwiGluBackward(gate, up, dOutput, dGate, dUp);
     public virtual void QuantizedMatMulSwiGlu(Tensor x, QuantizedWeight gate, QuantizedWeight up, Tensor output, Tensor? gateBias = null, Tensor? upBias = null, RmsNormPrologue? norm = null) => Inner.QuantizedMatMulSwiGlu(x, gate, up, output, gateBias, upBias, norm);
+    // Composed through this backend's own MatMul and SwiGluForward, so that a subclass watching or altering those sees the MLP's
+    // gate/up product as it did before the op existed.
+    public virtual void GateUpSwiGlu(Tensor x, Tensor gateUpWeight, Tensor gateUp, Tensor activated) => GateUpSwiGluComposition.Apply(this, x, gateUpWeight, gateUp, activated);
     public virtual void MatMulSwiGlu(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor output, Tensor? gateBias = null, Tensor? upBias = null, RmsNormPrologue? norm = null, bool geluGate = false) => Inner.MatMulSwiGlu(x, gateWeight, upWeight, output, gateBias, upBias, norm, geluGate);
     public virtual void RmsNormMatMul(Tensor x, RmsNormPrologue norm, Tensor weight, Tensor output, Tensor? bias = null) => Inner.RmsNormMatMul(x, norm, weight, output, bias);
     public virtual void MoeRoute(Tensor logits, Tensor expertIds, Tensor weights, bool normalize) => Inner.MoeRoute(logits, expertIds, weights, normalize);

@@ -9,7 +9,8 @@
 // clipped at M and N) and stored straight from registers. And the clusters of two (gemm_hopper_nt_mc_*: each CTA copies half of B's tile into both CTAs'
 // shared memory, and a stage goes back to a producer once both CTAs' consumers are done with it), run as a cluster's CTAs
 // run together, each in its own shared memory: a copy into the wrong CTA, a barrier credited in the wrong one or an early
-// hand-back shows as a wrong sum or a barrier that never completes.
+// hand-back shows as a wrong sum or a barrier that never completes. And the SwiGLU form (gate/up product and SiLU(gate) * up
+// in one launch) against a double reference and, bit for bit, SwiGluForward's formula on the stored gate and up.
 // kernels.h is written by the test: the emulation, common.cuh, hopper.cuh, gemm_hopper.cu. Prints one line per check; the
 // exit code is the number of failures.
 #include "kernels.h"
@@ -57,7 +58,7 @@ static void run(const char* layout, int M, int N, int K, int BN, int ctas, bool 
         }
     // The maps the host encodes: a K-major operand in boxes of its tile's rows (B's shared by the cluster's CTAs) by 64 of K,
     // an MN-major one in boxes of 64 rows of K by 64; C (M rows of N) in boxes of 64 rows.
-    TensorMap am, bm, cm{}, im{};
+    TensorMap am, bm, cm{}, im{}, om{};
     emu_tensor_map_2d(&am, a.data(), acols, arows, (unsigned long long)lda * 2, 64, ta ? 64 : 128, 2);
     emu_tensor_map_2d(&bm, b.data(), bcols, brows, (unsigned long long)ldb * 2, 64, tb ? 64 : BN / cluster, 2);
     if (staged) emu_tensor_map_2d(&cm, c.data(), N, M, (unsigned long long)ldc * 2, 64, 64, 2);
@@ -68,7 +69,7 @@ static void run(const char* layout, int M, int N, int K, int BN, int ctas, bool 
     const bf16* pin = with_addend ? add.data() : pc;
     long long lc = ldc;
     auto launch = [&](auto kernel) {
-        auto body = [&] { kernel(am, bm, cm, im, pbias, pc, pin, M, N, K, lc, alpha, beta, staged); };
+        auto body = [&] { kernel(am, bm, cm, im, om, pbias, pc, pin, M, N, K, lc, alpha, beta, staged); };
         if (cluster == 1) emu_launch(ctas, 384, body);
         else emu_launch_cluster(ctas, cluster, 384, body);   // the pairs' CTAs together, each in its own shared memory
     };
@@ -98,6 +99,64 @@ static void run(const char* layout, int M, int N, int K, int BN, int ctas, bool 
     if (!pads) failures++;
 }
 
+// The SwiGLU form (gemm_hopper_swiglu*): x (M, K) times the stacked [Wg; Wu] (2F rows of K) into gu (M, 2F) and the
+// activation (M, F), as the product into gu then SwiGluForward: gu against a double reference (8e-3 of the largest, a bf16
+// store), and the activation bit for bit against SiLU(gate) * up computed here from the gate and up values the kernel stored
+// (SwiGluForward's formula: fp32 from the rounded halves, rounded once); gu's and the activation's row padding untouched.
+static void run_swiglu(int M, int F, int K, int ctas, int cluster)
+{
+    const unsigned seed = 77 + M * 5 + F * 3 + K + ctas + cluster;
+    std::mt19937 rng(seed);
+    const int ldx = K + 8, ldw = K + 16, ldg = 2 * F + 8, lda = F + 8;   // strides past the rows (multiples of 8 values)
+    std::vector<bf16> x((size_t)M * ldx), w((size_t)2 * F * ldw), gu0((size_t)M * ldg), a0((size_t)M * lda);
+    fill(x, rng, 1.f); fill(w, rng, 0.1f); fill(gu0, rng, 1.f); fill(a0, rng, 1.f);
+    std::vector<bf16> gu = gu0, act = a0;
+    std::vector<double> e((size_t)M * 2 * F);
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < 2 * F; n++)
+        {
+            double sum = 0;
+            for (int k = 0; k < K; k++) sum += (double)to_f(x[(size_t)m * ldx + k]) * to_f(w[(size_t)n * ldw + k]);
+            e[(size_t)m * 2 * F + n] = sum;
+        }
+    // The host's maps: x in boxes of 128 rows, [Wg; Wu] in boxes of 128 rows, gu's halves and the activation in 64 x 64.
+    TensorMap xm, wm, gm, um, am;
+    emu_tensor_map_2d(&xm, x.data(), K, M, (unsigned long long)ldx * 2, 64, 128, 2);
+    emu_tensor_map_2d(&wm, w.data(), K, 2 * F, (unsigned long long)ldw * 2, 64, 128, 2);
+    emu_tensor_map_2d(&gm, gu.data(), F, M, (unsigned long long)ldg * 2, 64, 64, 2);
+    emu_tensor_map_2d(&um, gu.data() + F, F, M, (unsigned long long)ldg * 2, 64, 64, 2);
+    emu_tensor_map_2d(&am, act.data(), F, M, (unsigned long long)lda * 2, 64, 64, 2);
+    emu_shared_base = gh_raw;
+    bf16* pg = gu.data();
+    long long lg = ldg;
+    auto body = [&](auto kernel) {
+        return [&, kernel] { kernel(xm, wm, gm, um, am, nullptr, pg, pg, M, F, K, lg, 1.f, 0.f, 1); };
+    };
+    if (cluster == 1) emu_launch(ctas, 384, body(gemm_hopper_swiglu_bf16_n256));
+    else emu_launch_cluster(ctas, cluster, 384, body(gemm_hopper_swiglu_mc_bf16_n256));
+    std::vector<float> got((size_t)M * 2 * F);
+    bool bits = true, pads = true;
+    for (int m = 0; m < M; m++)
+    {
+        for (int n = 0; n < 2 * F; n++) got[(size_t)m * 2 * F + n] = to_f(gu[(size_t)m * ldg + n]);
+        for (int f = 0; f < F; f++)
+        {
+            const float gate = to_f(gu[(size_t)m * ldg + f]), up = to_f(gu[(size_t)m * ldg + F + f]);
+            bits &= act[(size_t)m * lda + f].x == from_f<bf16>(silu(gate) * up).x;
+        }
+        for (int n = 2 * F; n < ldg; n++) pads &= gu[(size_t)m * ldg + n].x == gu0[(size_t)m * ldg + n].x;
+        for (int f = F; f < lda; f++) pads &= act[(size_t)m * lda + f].x == a0[(size_t)m * lda + f].x;
+    }
+    char name[120], extra[40];
+    snprintf(name, sizeof name, "gemm_hopper_swiglu%s M=%d F=%d K=%d ctas=%d", cluster > 1 ? "_mc" : "", M, F, K, ctas);
+    snprintf(extra, sizeof extra, " (seed %u)", seed);
+    report_error(name, 72, errors_of(e.data(), got.data(), e.size()).relative(), 8e-3, "rel err", extra);
+    printf("%-72s %s\n", (std::string(name) + ": activation = SiLU(gate) * up, bits").c_str(), bits ? "ok" : "FAIL");
+    printf("%-72s %s\n", (std::string(name) + ": pads").c_str(), pads ? "ok" : "FAIL");
+    if (!bits) failures++;
+    if (!pads) failures++;
+}
+
 int main()
 {
     run("nt", 300, 521, 200, 256, 2, true, 0.5f, 1.f);    // 3 x 3 tiles on 2 CTAs; M, N (odd: stored from registers), K short of a tile
@@ -120,5 +179,10 @@ int main()
     run("tn", 264, 520, 200, 256, 2, false, 1.f, 1.f);
     run("tn", 256, 136, 448, 128, 4, false, 0.5f, 1.f, 2);
     run("tn", 392, 256, 136, 256, 2, true, 1.f, 0.f, 2, 0);
+    // The SwiGLU form: F short of a tile (the last tile's gate rows run into the up rows, whose outputs are not stored), more
+    // tiles than CTAs, the clusters' multicast (CTA r copies the gate or the up half).
+    run_swiglu(300, 200, 136, 2, 1);
+    run_swiglu(256, 136, 448, 2, 2);
+    run_swiglu(130, 264, 200, 4, 2);
     return failures;
 }
