@@ -70,20 +70,9 @@ public sealed unsafe partial class CudaBackend
         {
             var output = scratch.Slice(1, 0, n);
             ulong pin = addend is not null ? Ptr(addend) : Ptr(c);   // beta's C_in is the real c (or the addend): only the output moves
-            float Time(Action run)
-            {
-                run();
-                using var start = new CudaEvent(CudaDevice);
-                using var end = new CudaEvent(CudaDevice);
-                start.Record(Stream);
-                for (int r = 0; r < 3; r++) run();
-                end.Record(Stream);
-                end.Synchronize();
-                return end.ElapsedSince(start) / 3;
-            }
-            float ours = Time(() => LaunchHopperMatMul(a, b, Ptr(output), pin, ldc, transposeA, transposeB, alpha, addend is not null ? 1.0 : beta,
+            float ours = TimeOnStream(() => LaunchHopperMatMul(a, b, Ptr(output), pin, ldc, transposeA, transposeB, alpha, addend is not null ? 1.0 : beta,
                 bias, layout, m, n, k, addend is not null));
-            float theirs = Time(() => MatMulCore(a, b, output, transposeA, transposeB, alpha, beta, bias, MatMulEpilogue.None, null, null, addend));
+            float theirs = TimeOnStream(() => MatMulCore(a, b, output, transposeA, transposeB, alpha, beta, bias, MatMulEpilogue.None, null, null, addend));
             bool faster = ours < theirs * 0.99f;
             _tuningLog.Add($"gemm_hopper {layout} {a.DType} {m}x{n}x{k}{(addend is not null ? " +residual" : beta != 0 ? " acc" : "")}: " +
                 $"{ours * 1000:F1} us against cuBLASLt's {theirs * 1000:F1}: {(faster ? "gemm_hopper" : "cuBLASLt")}");
@@ -93,6 +82,20 @@ public sealed unsafe partial class CudaBackend
         {
             scratch.Storage.Dispose();
         }
+    }
+
+    /// <summary>Milliseconds a run of <paramref name="run"/> takes on the stream: a warm-up, then three runs between two events
+    /// (the host waits for them).</summary>
+    private float TimeOnStream(Action run)
+    {
+        run();
+        using var start = new CudaEvent(CudaDevice);
+        using var end = new CudaEvent(CudaDevice);
+        start.Record(Stream);
+        for (int r = 0; r < 3; r++) run();
+        end.Record(Stream);
+        end.Synchronize();
+        return end.ElapsedSince(start) / 3;
     }
 
     /// <summary>gemm_hopper.cu's launch for a product that <see cref="TryHopperMatMul"/> found fitting, its output at
@@ -192,19 +195,8 @@ public sealed unsafe partial class CudaBackend
         var actScratch = Allocate(new Shape(m, f), act.DType);
         try
         {
-            float Time(Action run)
-            {
-                run();
-                using var start = new CudaEvent(CudaDevice);
-                using var end = new CudaEvent(CudaDevice);
-                start.Record(Stream);
-                for (int r = 0; r < 3; r++) run();
-                end.Record(Stream);
-                end.Synchronize();
-                return end.ElapsedSince(start) / 3;
-            }
-            float fused = Time(() => LaunchHopperSwiGlu(x, w, Ptr(guScratch), 2 * f, Ptr(actScratch), f, m, f, k));
-            float composed = Time(() => GateUpSwiGluComposition.Apply(this, x, w, guScratch, actScratch));
+            float fused = TimeOnStream(() => LaunchHopperSwiGlu(x, w, Ptr(guScratch), 2 * f, Ptr(actScratch), f, m, f, k));
+            float composed = TimeOnStream(() => GateUpSwiGluComposition.Apply(this, x, w, guScratch, actScratch));
             bool faster = fused < composed * 0.99f;
             _tuningLog.Add($"gemm_hopper swiglu {x.DType} {m}x{2 * f}x{k}: {fused * 1000:F1} us against the product and SwiGLU's " +
                 $"{composed * 1000:F1}: {(faster ? "gemm_hopper" : "the two")}");
