@@ -29,6 +29,7 @@ public sealed unsafe partial class CudaBackend
         if (m < HopperMatMulMinRows || n == 0 || k == 0 || (transposeB ? b.Size(1) : b.Size(0)) != k || c.Size(0) != m || c.Size(1) != n) return false;
         if (a.Stride(1) != 1 || b.Stride(1) != 1 || c.Stride(1) != 1 || a.Size(1) % 8 != 0 || b.Size(1) % 8 != 0) return false;
         if (a.Stride(0) % 8 != 0 || b.Stride(0) % 8 != 0 || c.Stride(0) % 2 != 0) return false;
+        if (a.Stride(0) < a.Size(1) || b.Stride(0) < b.Size(1) || c.Stride(0) < n) return false;   // rows that do not overlap
         ulong pa = Ptr(a), pb = Ptr(b), pc = Ptr(c), pin = addend is null ? pc : Ptr(addend);
         if (pa % 16 != 0 || pb % 16 != 0 || pc % 4 != 0 || pin % 4 != 0 || !BiasFits(bias, a.DType, n) || !UsesHopperTrainingProducts) return false;
         string layout = transposeA ? "tn" : transposeB ? "nt" : "nn";
@@ -38,7 +39,7 @@ public sealed unsafe partial class CudaBackend
             // training shapes this kernel was the faster on an H100, session 44); inside a graph capture an untimed shape goes
             // to cuBLASLt.
             var key = new HopperMatMulKey(a.DType, layout, m, n, k, a.Stride(0), b.Stride(0), c.Stride(0), beta != 0 || addend is not null,
-                bias is not null);
+                bias is not null, StagesStores(c.Stride(0), n, pc, pin));
             if (!_hopperChoices.TryGetValue(key, out bool faster))
             {
                 if (_capturing) return false;
@@ -52,7 +53,15 @@ public sealed unsafe partial class CudaBackend
     }
 
     /// <summary>The key of a product shape's timed choice between gemm_hopper.cu and cuBLASLt.</summary>
-    private readonly record struct HopperMatMulKey(DType DType, string Layout, int M, int N, int K, long Lda, long Ldb, long Ldc, bool Accumulates, bool Bias);
+    /// <remarks>Staged: whether the output goes through the staged stores (the timing's scratch output is 16-byte aligned; a
+    /// call whose c is not takes the register stores, 15-20 % slower at K = 2,048, and is timed as its own shape).</remarks>
+    private readonly record struct HopperMatMulKey(DType DType, string Layout, int M, int N, int K, long Lda, long Ldb, long Ldc, bool Accumulates,
+        bool Bias, bool Staged);
+
+    /// <summary>Whether a product's output can take the staged stores: c's rows (and C_in's) 16-byte aligned and N a multiple
+    /// of 8 (an H100 wrote the last 16 bytes of a row whole, past an odd N: session 44).</summary>
+    private bool StagesStores(long ldc, int n, ulong pc, ulong pin) =>
+        Options.HopperTrainingProductStagedStores && ldc % 8 == 0 && n % 8 == 0 && pc % 16 == 0 && pin % 16 == 0;
 
     private readonly Dictionary<HopperMatMulKey, bool> _hopperChoices = new();
 
@@ -114,10 +123,9 @@ public sealed unsafe partial class CudaBackend
         else EncodeTensorMap(amap, a.DType, pa, k, m, a.Stride(0), HopperMatMulBlockRows);
         if (transposeB) EncodeTensorMap(bmap, a.DType, pb, k, n, b.Stride(0), columns / cluster);
         else EncodeTensorMap(bmap, a.DType, pb, n, k, b.Stride(0), 64);
-        // Staged stores: c's 64 x 64 boxes by the tensor memory accelerator, which needs its rows 16-byte aligned, and N a
-        // multiple of 8 (an H100 wrote the last 16 bytes of a row whole, past an odd N: session 44); with beta, C_in's boxes
-        // come in the same way.
-        int staged = Options.HopperTrainingProductStagedStores && ldc % 8 == 0 && n % 8 == 0 && pc % 16 == 0 && pin % 16 == 0 ? 1 : 0;
+        // Staged stores: c's 64 x 64 boxes by the tensor memory accelerator (StagesStores); with beta, C_in's boxes come in the
+        // same way.
+        int staged = StagesStores(ldc, n, pc, pin) ? 1 : 0;
         if (staged != 0)
         {
             EncodeTensorMap(cmap, a.DType, pc, n, m, ldc, 64);
@@ -154,7 +162,7 @@ public sealed unsafe partial class CudaBackend
         int m = x.Size(0), f = activated.Size(1), k = x.Size(1);
         if (Options.TimeHopperTrainingProducts)
         {
-            var key = new HopperMatMulKey(x.DType, "swiglu", m, f, k, x.Stride(0), gateUpWeight.Stride(0), gateUp.Stride(0), false, false);
+            var key = new HopperMatMulKey(x.DType, "swiglu", m, f, k, x.Stride(0), gateUpWeight.Stride(0), gateUp.Stride(0), false, false, true);
             if (!_hopperChoices.TryGetValue(key, out bool faster))
             {
                 if (_capturing)
@@ -176,13 +184,15 @@ public sealed unsafe partial class CudaBackend
     /// <summary>Whether <see cref="GateUpSwiGlu"/> fits gemm_hopper.cu's SwiGLU form here.</summary>
     private bool HopperSwiGluFits(Tensor x, Tensor w, Tensor gu, Tensor act)
     {
-        if (!Options.HopperTrainingProducts || x.Rank != 2 || w.Rank != 2 || gu.Rank != 2 || act.Rank != 2) return false;
+        // The SwiGLU form stores through the staged buffers only.
+        if (!Options.HopperTrainingProducts || !Options.HopperTrainingProductStagedStores || x.Rank != 2 || w.Rank != 2 || gu.Rank != 2 || act.Rank != 2)
+            return false;
         if (x.DType is not (DType.BF16 or DType.F16) || w.DType != x.DType || gu.DType != x.DType || act.DType != x.DType) return false;
         int m = x.Size(0), k = x.Size(1), f = act.Size(1);
-        if (m < HopperMatMulMinRows || k % 8 != 0 || f % 8 != 0 || f == 0 || w.Size(0) != 2 * f || w.Size(1) != k
+        if (m < HopperMatMulMinRows || k == 0 || k % 8 != 0 || f % 8 != 0 || f == 0 || w.Size(0) != 2 * f || w.Size(1) != k
             || gu.Size(0) != m || gu.Size(1) != 2 * f || act.Size(0) != m) return false;
         foreach (var t in new[] { x, w, gu, act })
-            if (t.Stride(1) != 1 || t.Stride(0) % 8 != 0 || Ptr(t) % 16 != 0) return false;
+            if (t.Stride(1) != 1 || t.Stride(0) % 8 != 0 || t.Stride(0) < t.Size(1) || Ptr(t) % 16 != 0) return false;
         return UsesHopperTrainingProducts;
     }
 

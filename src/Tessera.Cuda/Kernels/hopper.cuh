@@ -32,8 +32,22 @@ __device__ __forceinline__ void fence_async_shared() { HOPPER_ASM("fence.proxy.a
 // wgmma ordering: fence before the first wgmma that reads registers written by other instructions (accumulators, A);
 // commit closes a group of issued wgmma; wait<N> returns when at most N groups are still running.
 __device__ __forceinline__ void wgmma_fence() { HOPPER_ASM("wgmma.fence.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { HOPPER_ASM("wgmma.commit_group.sync.aligned;" ::: "memory"); }
-template <int N> __device__ __forceinline__ void wgmma_wait() { HOPPER_ASM("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
+// On the CPU emulation the training products' wgmma (WgmmaSs) run when a wait retires their group, as late as the hardware
+// may run them, so a stage handed back before its products are waited for shows there.
+__device__ __forceinline__ void wgmma_commit()
+{
+    HOPPER_ASM("wgmma.commit_group.sync.aligned;" ::: "memory");
+#ifndef __CUDA_ARCH__
+    emu_wgmma_commit();
+#endif
+}
+template <int N> __device__ __forceinline__ void wgmma_wait()
+{
+    HOPPER_ASM("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
+#ifndef __CUDA_ARCH__
+    emu_wgmma_wait(N);
+#endif
+}
 
 // Keeps the compiler from moving reads or writes of accumulator registers across the asynchronous wgmma (which
 // reads and writes them after its asm statement has "returned"): an empty asm that claims to modify each one.
@@ -147,11 +161,31 @@ __device__ __forceinline__ void tma_store_2d(const TensorMap* map, int c0, int c
     emu_tma_store_2d(map, c0, c1, src);
 #endif
 }
-__device__ __forceinline__ void bulk_commit() { HOPPER_ASM("cp.async.bulk.commit_group;" ::: "memory"); }
+// On the CPU emulation a TMA store reads its shared-memory source when a wait retires its group (as late as the hardware
+// may read it), so a buffer rewritten before its store is waited for shows there.
+__device__ __forceinline__ void bulk_commit()
+{
+    HOPPER_ASM("cp.async.bulk.commit_group;" ::: "memory");
+#ifndef __CUDA_ARCH__
+    emu_bulk_commit();
+#endif
+}
 // Until at most N bulk groups of this thread are still reading their shared-memory source.
-template <int N> __device__ __forceinline__ void bulk_wait_read() { HOPPER_ASM("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory"); }
+template <int N> __device__ __forceinline__ void bulk_wait_read()
+{
+    HOPPER_ASM("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory");
+#ifndef __CUDA_ARCH__
+    emu_bulk_wait(N);
+#endif
+}
 // Until at most N bulk groups of this thread are incomplete (their global writes done).
-template <int N> __device__ __forceinline__ void bulk_wait() { HOPPER_ASM("cp.async.bulk.wait_group %0;" ::"n"(N) : "memory"); }
+template <int N> __device__ __forceinline__ void bulk_wait()
+{
+    HOPPER_ASM("cp.async.bulk.wait_group %0;" ::"n"(N) : "memory");
+#ifndef __CUDA_ARCH__
+    emu_bulk_wait(N);
+#endif
+}
 // The barrier of warpgroup wg's 128 threads alone (named barrier 1 + wg; 0 is __syncthreads').
 __device__ __forceinline__ void warpgroup_barrier(int wg)
 {
@@ -323,7 +357,7 @@ template <typename T, int N> struct WgmmaSs;
         }                                                                                                                 \
     };
 #ifndef __CUDA_ARCH__
-#define WGMMA_SS_EMULATED(T, N) if (sizeof(T) == 2 && emu_is_bf16<T>()) emu_wgmma(d, N, nullptr, a, TA, b, TB, accumulate != 0, emu_bf16_bits);
+#define WGMMA_SS_EMULATED(T, N) if (sizeof(T) == 2 && emu_is_bf16<T>()) emu_wgmma_defer(d, N, a, TA, b, TB, accumulate != 0, emu_bf16_bits);
 template <typename T> constexpr bool emu_is_bf16() { return false; }
 template <> constexpr bool emu_is_bf16<bf16>() { return true; }
 #else

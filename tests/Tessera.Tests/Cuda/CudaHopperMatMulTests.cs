@@ -28,6 +28,8 @@ public sealed class CudaHopperMatMulTests(CudaFixture fixture) : CudaTestBase(fi
     [InlineData(DType.BF16, "nt", 1000, 777, 1032, 128, true, 2.0, 1.0, true)]  // 17 k-tiles through 6 stages, across tiles
     [InlineData(DType.BF16, "nt", 1000, 777, 1032, 256, true, 2.0, 1.0, false)]
     [InlineData(DType.BF16, "nt", 1000, 776, 1032, 256, true, 2.0, 1.0, true)]  // N a multiple of 8: staged, C_in loaded by the TMA
+    [InlineData(DType.BF16, "nt", 512, 256, 64, 256, false, 1.0, 1.0, true)]   // one k-tile: C_in's first chunks load at k-tile 0
+    [InlineData(DType.BF16, "nt", 256, 256, 64, 256, true, 1.0, 1.0, false)]
     [InlineData(DType.BF16, "nn", 300, 520, 200, 256, false, 1.0, 0.0, true)]   // the input's gradient: b read transposed
     [InlineData(DType.BF16, "nn", 1000, 776, 1032, 128, true, 1.0, 1.0, false)]
     [InlineData(DType.F16, "nn", 256, 392, 320, 256, false, 1.0, 1.0, true)]

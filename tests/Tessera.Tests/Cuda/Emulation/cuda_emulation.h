@@ -307,6 +307,7 @@ inline void emu_mbar_arrive_expect_tx(unsigned bar, unsigned bytes)
     std::lock_guard<std::mutex> hold(emu_barrier_lock);
     auto& b = emu_barrier(bar);
     if (b.expected == 0) { std::fprintf(stderr, "mbarrier at %u used before its init\n", bar); std::abort(); }
+    if (b.pending == 0) { std::fprintf(stderr, "mbarrier at %u: more arrivals than its count in one phase\n", bar); std::abort(); }
     b.tx += bytes;
     b.pending--;
     if (b.tx < 0 && b.pending == 0) { std::fprintf(stderr, "mbarrier at %u: %lld bytes delivered past those announced\n", bar, -b.tx); std::abort(); }
@@ -422,8 +423,28 @@ inline void emu_tma_load_2d_multicast(unsigned dst, const void* map_bytes, int c
     }
 }
 // cp.async.bulk.tensor.2d.global.shared::cta: the box from its swizzled shared tile into the tensor at element (c0, c1), rows
-// and 16-byte chunks past the tensor not written, done at once.
+// and 16-byte chunks past the tensor not written. Queued in the thread's open bulk group and done (its source read then) when
+// a wait retires the group: the latest moment the hardware may read it, so a buffer rewritten too early shows.
+inline void emu_tma_store_2d_now(const void* map_bytes, int c0, int c1, unsigned src, unsigned char* shared);
+struct EmuPendingStore { unsigned char map[128]; int c0, c1; unsigned src; unsigned char* shared; };
+inline thread_local std::vector<EmuPendingStore> emu_open_group;
+inline thread_local std::vector<std::vector<EmuPendingStore>> emu_bulk_groups;
 inline void emu_tma_store_2d(const void* map_bytes, int c0, int c1, unsigned src)
+{
+    EmuPendingStore p; std::memcpy(p.map, map_bytes, 128); p.c0 = c0; p.c1 = c1; p.src = src; p.shared = emu_shared();
+    emu_open_group.push_back(p);
+}
+inline void emu_bulk_commit() { emu_bulk_groups.push_back(std::move(emu_open_group)); emu_open_group.clear(); }
+// The latest legal moment a group reads its source: when a wait retires it.
+inline void emu_bulk_wait(int n)
+{
+    while ((int)emu_bulk_groups.size() > n)
+    {
+        for (auto& p : emu_bulk_groups.front()) emu_tma_store_2d_now(p.map, p.c0, p.c1, p.src, p.shared);
+        emu_bulk_groups.erase(emu_bulk_groups.begin());
+    }
+}
+inline void emu_tma_store_2d_now(const void* map_bytes, int c0, int c1, unsigned src, unsigned char* shared)
 {
     EmuTensorMap2d m;
     std::memcpy(&m, map_bytes, sizeof m);
@@ -439,7 +460,7 @@ inline void emu_tma_store_2d(const void* map_bytes, int c0, int c1, unsigned src
                 std::fprintf(stderr, "emu_tma_store_2d: a 16-byte chunk across the tensor's last column (an H100 wrote it whole; the host keeps N a multiple of 8)\n");
                 std::abort();
             }
-            std::memcpy((unsigned char*)m.base + row * m.stride_bytes + col * m.element_bytes, emu_shared() + src + r * 128 + ((c ^ (r & 7)) << 4), 16);
+            std::memcpy((unsigned char*)m.base + row * m.stride_bytes + col * m.element_bytes, shared + src + r * 128 + ((c ^ (r & 7)) << 4), 16);
         }
 }
 // cp.async.bulk (1-D) ... .mbarrier::complete_tx.
@@ -572,4 +593,22 @@ inline void emu_wgmma(float* d, int N, const unsigned* a, unsigned long long ade
             d[4 * j + e] = (accumulate ? d[4 * j + e] : 0.f) + sum;
         }
     emu_warpgroup_sync();
+}
+
+// wgmma from two descriptors, deferred (the training products' WgmmaSs): each thread queues its part, the warpgroup having
+// met at the issue, and the queued products run when a wgmma.wait_group retires their group, as late as the hardware may run
+// them (a stage handed back before the wait shows as a wrong sum). Groups are each thread's own, as on the hardware.
+struct EmuPendingMma { float* d; int N; unsigned long long a, b; bool ta, tb, acc; float (*el)(unsigned short); };
+inline thread_local std::vector<EmuPendingMma> emu_mma_open;
+inline thread_local std::vector<std::vector<EmuPendingMma>> emu_mma_groups;
+inline void emu_wgmma_defer(float* d, int N, unsigned long long a, bool ta, unsigned long long b, bool tb, bool acc, float (*el)(unsigned short))
+{ emu_warpgroup_sync(); emu_mma_open.push_back({d, N, a, b, ta, tb, acc, el}); }
+inline void emu_wgmma_commit() { emu_mma_groups.push_back(std::move(emu_mma_open)); emu_mma_open.clear(); }
+inline void emu_wgmma_wait(int n)
+{
+    while ((int)emu_mma_groups.size() > n)
+    {
+        for (auto& m : emu_mma_groups.front()) emu_wgmma(m.d, m.N, nullptr, m.a, m.ta, m.b, m.tb, m.acc, m.el);
+        emu_mma_groups.erase(emu_mma_groups.begin());
+    }
 }

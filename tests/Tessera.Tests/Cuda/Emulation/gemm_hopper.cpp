@@ -166,6 +166,8 @@ int main()
     run("nt", 200, 136, 128, 256, 1, false, 1.f, 1.f, 1, 1, true);   // the residual as an addend
     run("nt", 300, 520, 200, 256, 2, true, 0.5f, 1.f);    // staged (N a multiple of 8), C_in loaded through the buffers
     run("nt", 256, 384, 1024, 128, 2, false, 1.f, 0.5f, 2);   // more tiles than CTAs: C_in's first chunks load under the k-loop
+    run("nt", 256, 256, 64, 256, 1, false, 1.f, 1.f);     // one k-tile: C_in's first chunks load at k-tile 0
+    run("nt", 512, 256, 64, 256, 2, true, 1.f, 1.f, 2);
     // Clusters of 2 with B multicast: each pair's CTAs take adjacent row tiles of one column tile.
     run("nt", 300, 521, 200, 256, 2, true, 0.5f, 1.f, 2);  // one pair walks 2 x 3 units; the last unit's second row tile past M
     run("nt", 256, 250, 576, 128, 4, false, 1.f, 0.f, 2);  // two pairs, one of them idle after its unit; 9 k-tiles through 6 stages
