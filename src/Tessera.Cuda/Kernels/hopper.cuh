@@ -18,7 +18,8 @@ typedef unsigned long long u64;
 
 // smem_u32 and the cp.async helpers are common.cuh's. On the CPU emulation (cuda_emulation.h) the inline PTX compiles
 // away (HOPPER_ASM is its asm there, which expands to nothing), the fences with it, and the bf16 wgmma run the emulation's
-// warpgroup stand-in (emu_wgmma: each operand from registers or through its descriptor, K- or MN-major).
+// warpgroup stand-in (emu_wgmma: each operand from registers or through its descriptor, K- or MN-major); WgmmaSs's products
+// and the tensor stores run there when a wait retires their group (see wgmma_commit and bulk_commit below).
 #ifdef __CUDA_ARCH__
 #define HOPPER_ASM asm volatile
 #else

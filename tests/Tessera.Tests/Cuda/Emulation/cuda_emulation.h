@@ -7,7 +7,10 @@
 // common.cuh (cp.async, ldmatrix, mma.sync m16n8k16) have warp-collective stand-ins below with the PTX's fragment layouts,
 // so a kernel built on them runs here too (bf16 only: the f16 conversions are PTX), and so does wgmma m64nNk16 with A from
 // registers or shared memory through 128-byte-swizzle descriptors, K- or MN-major (emu_wgmma, the warpgroup's 128 threads
-// together; hopper.cuh calls it); shared-memory addresses are byte
+// together; hopper.cuh calls it; the training products' two-descriptor form, WgmmaSs, is queued and run when a
+// wgmma.wait_group retires its group, as late as the hardware may run it). Transaction barriers and the tensor memory
+// accelerator's copies (2-D boxes in the 128-byte swizzle, their multicast into a cluster's CTAs, and tensor stores, which
+// read their shared source only when a bulk wait retires their group) are emulated too; shared-memory addresses are byte
 // offsets from emu_shared_base, which the check program points at its dynamic shared memory. Thread-block clusters
 // (emu_launch_cluster): the CTAs of a cluster run together, with a barrier over all their threads for the cluster
 // barrier, and each CTA's shared floats (CLUSTER_SHARED_FLOATS, or its dynamic shared memory: cta_dynamic_shared) in its
