@@ -56,19 +56,26 @@ public sealed unsafe partial class CudaBackend
     /// <summary>
     /// Writes at <paramref name="map"/> (128 bytes, 64-byte aligned) the tensor map of a row-major 16-bit matrix of
     /// <paramref name="rows"/> rows of <paramref name="cols"/> values, <paramref name="ld"/> values apart, read in boxes of
-    /// <paramref name="boxRows"/> rows by 64 values (128 bytes) in the 128-byte swizzle; values past the matrix read as zeros.
+    /// <paramref name="boxRows"/> rows by <paramref name="boxCols"/> values: 64 (128 bytes) in the 128-byte swizzle, or 32 (64
+    /// bytes) in the 64-byte swizzle; values past the matrix read as zeros.
     /// </summary>
-    private static void EncodeTensorMap(byte* map, DType dtype, ulong address, int cols, int rows, long ld, int boxRows)
+    private static void EncodeTensorMap(byte* map, DType dtype, ulong address, int cols, int rows, long ld, int boxRows, int boxCols = DecodeGemmTile)
     {
+        int swizzle = boxCols switch
+        {
+            64 => CU_TENSOR_MAP_SWIZZLE_128B,
+            32 => CU_TENSOR_MAP_SWIZZLE_64B,
+            _ => throw new ArgumentOutOfRangeException(nameof(boxCols), boxCols, "a box row is 64 values (the 128-byte swizzle) or 32 (the 64-byte one)"),
+        };
         ulong* dims = stackalloc ulong[] { (ulong)cols, (ulong)rows };
         ulong* strides = stackalloc ulong[] { (ulong)ld * 2 };
-        uint* box = stackalloc uint[] { (uint)DecodeGemmTile, (uint)boxRows };
+        uint* box = stackalloc uint[] { (uint)boxCols, (uint)boxRows };
         uint* elementStrides = stackalloc uint[] { 1, 1 };
         int type = dtype == DType.BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
         Check(cuTensorMapEncodeTiled(map, type, 2, address, dims, strides, box, elementStrides,
-                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
-            "cuTensorMapEncodeTiled", $"{rows} x {cols} {dtype}, row stride {ld}, boxes of {boxRows} x {DecodeGemmTile}");
+            "cuTensorMapEncodeTiled", $"{rows} x {cols} {dtype}, row stride {ld}, boxes of {boxRows} x {boxCols}");
     }
 
     /// <summary>

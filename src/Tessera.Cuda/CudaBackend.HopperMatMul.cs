@@ -33,20 +33,11 @@ public sealed unsafe partial class CudaBackend
         ulong pa = Ptr(a), pb = Ptr(b), pc = Ptr(c), pin = addend is null ? pc : Ptr(addend);
         if (pa % 16 != 0 || pb % 16 != 0 || pc % 4 != 0 || pin % 4 != 0 || !BiasFits(bias, a.DType, n) || !UsesHopperTrainingProducts) return false;
         string layout = transposeA ? "tn" : transposeB ? "nt" : "nn";
-        if (Options.TimeHopperTrainingProducts)
-        {
-            // The first call of each shape times this kernel against cuBLASLt and keeps the faster (on 40 % of llama-1b's
-            // training shapes this kernel was the faster on an H100, session 44); inside a graph capture an untimed shape goes
-            // to cuBLASLt.
-            var key = new HopperMatMulKey(a.DType, layout, m, n, k, a.Stride(0), b.Stride(0), c.Stride(0), beta != 0 || addend is not null,
-                bias is not null, StagesStores(c.Stride(0), n, pc, pin));
-            if (!_hopperChoices.TryGetValue(key, out bool faster))
-            {
-                if (_capturing) return false;
-                faster = _hopperChoices[key] = TimeHopperMatMul(a, b, c, transposeA, transposeB, alpha, beta, bias, addend, layout, m, n, k);
-            }
-            if (!faster) return false;
-        }
+        // The first call of each shape times this kernel against cuBLASLt and keeps the faster (on 40 % of llama-1b's training
+        // shapes this kernel was the faster on an H100, session 44).
+        var key = new HopperMatMulKey(a.DType, layout, m, n, k, a.Stride(0), b.Stride(0), c.Stride(0), beta != 0 || addend is not null,
+            bias is not null, StagesStores(c.Stride(0), n, pc, pin));
+        if (!HopperFormChosen(key, () => TimeHopperMatMul(a, b, c, transposeA, transposeB, alpha, beta, bias, addend, layout, m, n, k))) return false;
         LaunchHopperMatMul(a, b, pc, pin, c.Stride(0), transposeA, transposeB, alpha, addend is not null ? 1.0 : beta, bias, layout, m, n, k,
             addend is not null);
         return true;
@@ -66,6 +57,30 @@ public sealed unsafe partial class CudaBackend
     private readonly Dictionary<HopperMatMulKey, bool> _hopperChoices = new();
 
     /// <summary>
+    /// Whether a call that fits one of gemm_hopper.cu's forms runs on it: always, unless
+    /// <see cref="CudaBackendOptions.TimeHopperTrainingProducts"/>; then as the first call of its shape timed it against the
+    /// ops it replaces (<paramref name="time"/>: true when the form is the faster), and never for an untimed shape inside a
+    /// graph capture (no timing there).
+    /// </summary>
+    private bool HopperFormChosen(HopperMatMulKey key, Func<bool> time)
+    {
+        if (!Options.TimeHopperTrainingProducts) return true;
+        if (_hopperChoices.TryGetValue(key, out bool faster)) return faster;
+        if (_capturing) return false;
+        return _hopperChoices[key] = time();
+    }
+
+    /// <summary>Times <paramref name="ours"/> and <paramref name="theirs"/> (<see cref="TimeOnStream"/>); true when ours is at
+    /// least 1 % faster. Logged in <see cref="MatMulTuningLog"/> as "<paramref name="what"/>: us against <paramref name="theirName"/>'s us: the choice".</summary>
+    private bool TimeAgainst(string what, Action ours, Action theirs, string theirName)
+    {
+        float mine = TimeOnStream(ours), other = TimeOnStream(theirs);
+        bool faster = mine < other * 0.99f;
+        _tuningLog.Add($"{what}: {mine * 1000:F1} us against {theirName}'s {other * 1000:F1}: {(faster ? "gemm_hopper" : theirName)}");
+        return faster;
+    }
+
+    /// <summary>
     /// Times the product on gemm_hopper.cu and on cuBLASLt (a warm-up, then three runs between events, each) with the real
     /// inputs and a scratch output of c's layout, so that an accumulating product leaves c untouched; true when this kernel
     /// is at least 1 % faster. Logged in <see cref="MatMulTuningLog"/>.
@@ -79,13 +94,10 @@ public sealed unsafe partial class CudaBackend
         {
             var output = scratch.Slice(1, 0, n);
             ulong pin = addend is not null ? Ptr(addend) : Ptr(c);   // beta's C_in is the real c (or the addend): only the output moves
-            float ours = TimeOnStream(() => LaunchHopperMatMul(a, b, Ptr(output), pin, ldc, transposeA, transposeB, alpha, addend is not null ? 1.0 : beta,
-                bias, layout, m, n, k, addend is not null));
-            float theirs = TimeOnStream(() => MatMulCore(a, b, output, transposeA, transposeB, alpha, beta, bias, MatMulEpilogue.None, null, null, addend));
-            bool faster = ours < theirs * 0.99f;
-            _tuningLog.Add($"gemm_hopper {layout} {a.DType} {m}x{n}x{k}{(addend is not null ? " +residual" : beta != 0 ? " acc" : "")}: " +
-                $"{ours * 1000:F1} us against cuBLASLt's {theirs * 1000:F1}: {(faster ? "gemm_hopper" : "cuBLASLt")}");
-            return faster;
+            return TimeAgainst($"gemm_hopper {layout} {a.DType} {m}x{n}x{k}{(addend is not null ? " +residual" : beta != 0 ? " acc" : "")}",
+                () => LaunchHopperMatMul(a, b, Ptr(output), pin, ldc, transposeA, transposeB, alpha, addend is not null ? 1.0 : beta, bias, layout,
+                    m, n, k, addend is not null),
+                () => MatMulCore(a, b, output, transposeA, transposeB, alpha, beta, bias, MatMulEpilogue.None, null, null, addend), "cuBLASLt");
         }
         finally
         {
@@ -135,9 +147,16 @@ public sealed unsafe partial class CudaBackend
         float al = (float)alpha, be = (float)beta;
         void** args = stackalloc void*[] { amap, bmap, cmap, inmap, omap, &pbias, &pc, &pin, &m, &n, &k, &ldc, &al, &be, &staged };
         string kernel = $"gemm_hopper_{layout}{(cluster > 1 ? "_mc" : "")}_{Suffix(a.DType, "MatMul")}_n{columns}";
-        // The op profiler's name: the kernel and the product's shape, as cuBLASLt's products are named by theirs.
-        string? profileName = Profiler is null ? null : $"{kernel} {m}x{n}x{k}{(residual ? " +residual" : beta != 0 ? " acc" : "")}";
-        if (cluster > 1)   // persistent clusters: as many as run at once (the GPCs decide how many pairs fit), each walking units
+        LaunchHopperKernel(kernel, units, cluster, columns, args, $"{m}x{n}x{k}{(residual ? " +residual" : beta != 0 ? " acc" : "")}");
+    }
+
+    /// <summary>Launches a gemm_hopper.cu kernel over <paramref name="units"/> units of work (a CTA's tile, or a cluster's
+    /// tiles), persistent: as many CTAs as SMs, or as many clusters as run at once (the GPCs decide how many pairs fit). The op
+    /// profiler names it by the kernel and <paramref name="shape"/>, as cuBLASLt's products are named by theirs.</summary>
+    private void LaunchHopperKernel(string kernel, long units, int cluster, int columns, void** args, string shape)
+    {
+        string? profileName = Profiler is null ? null : $"{kernel} {shape}";
+        if (cluster > 1)
             LaunchCluster("gemm_hopper.cu", kernel, units, (uint)cluster, HopperMatMulThreads, args, HopperMatMulShared(columns), profileName);
         else
             Launch("gemm_hopper.cu", kernel, ((uint)Math.Min(units, CudaDevice.MultiprocessorCount), 1, 1), HopperMatMulThreads, args,
@@ -154,29 +173,13 @@ public sealed unsafe partial class CudaBackend
     {
         ArgumentNullException.ThrowIfNull(x); ArgumentNullException.ThrowIfNull(gateUpWeight);
         ArgumentNullException.ThrowIfNull(gateUp); ArgumentNullException.ThrowIfNull(activated);
-        if (!HopperSwiGluFits(x, gateUpWeight, gateUp, activated))
+        int m = x.Size(0), f = activated.Size(1), k = x.Size(1);
+        if (!HopperSwiGluFits(x, gateUpWeight, gateUp, activated)
+            || !HopperFormChosen(new HopperMatMulKey(x.DType, "swiglu", m, f, k, x.Stride(0), gateUpWeight.Stride(0), gateUp.Stride(0), false, false, true),
+                () => TimeHopperSwiGlu(x, gateUpWeight, gateUp, activated)))
         {
             GateUpSwiGluComposition.Apply(this, x, gateUpWeight, gateUp, activated);
             return;
-        }
-        int m = x.Size(0), f = activated.Size(1), k = x.Size(1);
-        if (Options.TimeHopperTrainingProducts)
-        {
-            var key = new HopperMatMulKey(x.DType, "swiglu", m, f, k, x.Stride(0), gateUpWeight.Stride(0), gateUp.Stride(0), false, false, true);
-            if (!_hopperChoices.TryGetValue(key, out bool faster))
-            {
-                if (_capturing)
-                {
-                    GateUpSwiGluComposition.Apply(this, x, gateUpWeight, gateUp, activated);
-                    return;
-                }
-                faster = _hopperChoices[key] = TimeHopperSwiGlu(x, gateUpWeight, gateUp, activated);
-            }
-            if (!faster)
-            {
-                GateUpSwiGluComposition.Apply(this, x, gateUpWeight, gateUp, activated);
-                return;
-            }
         }
         LaunchHopperSwiGlu(x, gateUpWeight, Ptr(gateUp), gateUp.Stride(0), Ptr(activated), activated.Stride(0), m, f, k);
     }
@@ -205,12 +208,8 @@ public sealed unsafe partial class CudaBackend
         var actScratch = Allocate(new Shape(m, f), act.DType);
         try
         {
-            float fused = TimeOnStream(() => LaunchHopperSwiGlu(x, w, Ptr(guScratch), 2 * f, Ptr(actScratch), f, m, f, k));
-            float composed = TimeOnStream(() => GateUpSwiGluComposition.Apply(this, x, w, guScratch, actScratch));
-            bool faster = fused < composed * 0.99f;
-            _tuningLog.Add($"gemm_hopper swiglu {x.DType} {m}x{2 * f}x{k}: {fused * 1000:F1} us against the product and SwiGLU's " +
-                $"{composed * 1000:F1}: {(faster ? "gemm_hopper" : "the two")}");
-            return faster;
+            return TimeAgainst($"gemm_hopper swiglu {x.DType} {m}x{2 * f}x{k}", () => LaunchHopperSwiGlu(x, w, Ptr(guScratch), 2 * f, Ptr(actScratch), f, m, f, k),
+                () => GateUpSwiGluComposition.Apply(this, x, w, guScratch, actScratch), "the product and SwiGLU");
         }
         finally
         {
@@ -239,12 +238,84 @@ public sealed unsafe partial class CudaBackend
         int staged = 1;
         void** args = stackalloc void*[] { xmap, wmap, gmap, umap, amap, &pbias, &pc, &pc, &m, &f, &k, &ldc, &al, &be, &staged };
         string kernel = $"gemm_hopper_swiglu{(cluster > 1 ? "_mc" : "")}_{Suffix(x.DType, "GateUpSwiGlu")}_n{columns}";
-        string? profileName = Profiler is null ? null : $"{kernel} {m}x{2 * f}x{k}";
-        if (cluster > 1)
-            LaunchCluster("gemm_hopper.cu", kernel, units, (uint)cluster, HopperMatMulThreads, args, HopperMatMulShared(columns), profileName);
-        else
-            Launch("gemm_hopper.cu", kernel, ((uint)Math.Min(units, CudaDevice.MultiprocessorCount), 1, 1), HopperMatMulThreads, args,
-                HopperMatMulShared(columns), dependent: false, profileName: profileName);
+        LaunchHopperKernel(kernel, units, cluster, columns, args, $"{m}x{2 * f}x{k}");
+    }
+
+    /// <inheritdoc/>
+    /// <remarks>On gemm_hopper.cu's SwiGLU gradient form (gemm_hopper_dswiglu*: the down product's input gradient with g and u
+    /// read into the epilogue, dg and du stored from it; dActivated not written) under
+    /// <see cref="CudaBackendOptions.HopperTrainingProducts"/> where it fits (16-bit, at least 128 rows, C, F and every row
+    /// stride a multiple of 8 values, 16-byte aligned rows) and, under <see cref="CudaBackendOptions.TimeHopperTrainingProducts"/>,
+    /// where the first call of its shape timed it faster than the product and the SwiGLU backward kernel; otherwise those two
+    /// (<see cref="DownSwiGluBackwardComposition"/>).</remarks>
+    public void DownSwiGluBackward(Tensor dOutput, Tensor downWeight, Tensor gateUp, Tensor dGateUp, Tensor dActivated)
+    {
+        ArgumentNullException.ThrowIfNull(dOutput); ArgumentNullException.ThrowIfNull(downWeight);
+        DownSwiGluBackwardComposition.CheckShapes(gateUp, dGateUp, dActivated);
+        int m = dOutput.Size(0), f = dActivated.Size(1), c = dOutput.Size(1);
+        if (!HopperSwiGluGradientFits(dOutput, downWeight, gateUp, dGateUp, dActivated)
+            || !HopperFormChosen(new HopperMatMulKey(dOutput.DType, "dswiglu", m, f, c, dOutput.Stride(0), downWeight.Stride(0), dGateUp.Stride(0),
+                    false, false, true), () => TimeHopperSwiGluGradient(dOutput, downWeight, gateUp, dGateUp, dActivated)))
+        {
+            DownSwiGluBackwardComposition.Apply(this, dOutput, downWeight, gateUp, dGateUp, dActivated);
+            return;
+        }
+        LaunchHopperSwiGluGradient(dOutput, downWeight, Ptr(gateUp), gateUp.Stride(0), Ptr(dGateUp), dGateUp.Stride(0), m, f, c);
+    }
+
+    /// <summary>Whether <see cref="DownSwiGluBackward"/> fits gemm_hopper.cu's SwiGLU gradient form here.</summary>
+    private bool HopperSwiGluGradientFits(Tensor dy, Tensor w, Tensor gu, Tensor dgu, Tensor da)
+    {
+        if (!Options.HopperTrainingProducts || !Options.HopperTrainingProductStagedStores || dy.Rank != 2 || w.Rank != 2) return false;
+        if (dy.DType is not (DType.BF16 or DType.F16) || w.DType != dy.DType || gu.DType != dy.DType || dgu.DType != dy.DType || da.DType != dy.DType)
+            return false;
+        int m = dy.Size(0), c = dy.Size(1), f = da.Size(1);
+        if (m < HopperMatMulMinRows || c == 0 || c % 8 != 0 || f == 0 || f % 8 != 0 || w.Size(0) != c || w.Size(1) != f || gu.Size(0) != m) return false;
+        foreach (var t in new[] { dy, w, gu, dgu })
+            if (t.Stride(1) != 1 || t.Stride(0) % 8 != 0 || t.Stride(0) < t.Size(1) || Ptr(t) % 16 != 0) return false;
+        return UsesHopperTrainingProducts;
+    }
+
+    /// <summary>Times the fused form and the product with the SwiGLU backward kernel on scratch outputs; true when the fused
+    /// form is at least 1 % faster. Logged in <see cref="MatMulTuningLog"/>.</summary>
+    private bool TimeHopperSwiGluGradient(Tensor dy, Tensor w, Tensor gu, Tensor dgu, Tensor da)
+    {
+        int m = dy.Size(0), f = da.Size(1), c = dy.Size(1);
+        var dguScratch = Allocate(new Shape(m, 2 * f), dgu.DType);
+        try
+        {
+            return TimeAgainst($"gemm_hopper dswiglu {dy.DType} {m}x{f}x{c}",
+                () => LaunchHopperSwiGluGradient(dy, w, Ptr(gu), gu.Stride(0), Ptr(dguScratch), 2 * f, m, f, c),
+                () => DownSwiGluBackwardComposition.Apply(this, dy, w, gu, dguScratch, da), "the product and SwiGLU's backward");
+        }
+        finally
+        {
+            dguScratch.Storage.Dispose();
+        }
+    }
+
+    /// <summary>gemm_hopper.cu's SwiGLU gradient form for a call <see cref="HopperSwiGluGradientFits"/> accepted: gateUp at
+    /// <paramref name="pgu"/> (rows <paramref name="ldgu"/> apart), dGateUp at <paramref name="pdgu"/> (rows <paramref name="lddgu"/> apart).</summary>
+    private void LaunchHopperSwiGluGradient(Tensor dy, Tensor w, ulong pgu, long ldgu, ulong pdgu, long lddgu, int m, int f, int c)
+    {
+        const int columns = 256;
+        int cluster = Options.HopperTrainingProductMulticast ? 2 : 1;
+        long units = (long)((m + HopperMatMulBlockRows * cluster - 1) / (HopperMatMulBlockRows * cluster)) * ((f + columns - 1) / columns);
+        byte* maps = stackalloc byte[5 * 128 + 64];
+        byte* ymap = (byte*)(((nint)maps + 63) & ~(nint)63), wmap = ymap + 128, dgmap = wmap + 128, gumap = dgmap + 128, dumap = gumap + 128;
+        EncodeTensorMap(ymap, dy.DType, Ptr(dy), c, m, dy.Stride(0), HopperMatMulBlockRows);
+        EncodeTensorMap(wmap, dy.DType, Ptr(w), f, c, w.Stride(0), 64);                       // (C rows of F): MN-major, 64 x 64
+        // g and u, dg and du in boxes of 64 rows by 32 columns (the 64-byte swizzle): a chunk's two boxes fill one 8 KB buffer.
+        EncodeTensorMap(gumap, dy.DType, pgu, 2 * f, m, ldgu, 64, boxCols: 32);              // gateUp whole: g at f, u at F + f
+        EncodeTensorMap(dgmap, dy.DType, pdgu, f, m, lddgu, 64, boxCols: 32);                // dGateUp's first half: dg
+        EncodeTensorMap(dumap, dy.DType, pdgu + (ulong)f * 2, f, m, lddgu, 64, boxCols: 32); // its second half: du
+        ulong pbias = 0, pc = pdgu;
+        long ldc = lddgu;
+        float al = 1f, be = 0f;
+        int staged = 1;
+        void** args = stackalloc void*[] { ymap, wmap, dgmap, gumap, dumap, &pbias, &pc, &pc, &m, &f, &c, &ldc, &al, &be, &staged };
+        string kernel = $"gemm_hopper_dswiglu{(cluster > 1 ? "_mc" : "")}_{Suffix(dy.DType, "DownSwiGluBackward")}_n{columns}";
+        LaunchHopperKernel(kernel, units, cluster, columns, args, $"{m}x{f}x{c}");
     }
 
     /// <summary>Dynamic shared memory of gemm_hopper.cu at <paramref name="columns"/> output columns a tile: its stages (4 of

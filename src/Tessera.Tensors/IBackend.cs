@@ -170,6 +170,16 @@ public interface IBackend
     void GateUpSwiGlu(Tensor x, Tensor gateUpWeight, Tensor gateUp, Tensor activated);
 
     /// <summary>
+    /// Llama's MLP in training, from the gradient of its output back through SwiGLU (the backward of <see cref="GateUpSwiGlu"/>'s
+    /// activation and the down product's input gradient): dActivated (N, F) = dOutput (N, C) downWeight (C, F), then
+    /// dGateUp (N, 2F) = [dg | du] = <see cref="SwiGluBackward"/> of gateUp's halves with dActivated, with the same bits.
+    /// dActivated is the composed form's scratch: one launch where the backend fuses it (the CUDA backend's training product,
+    /// under its HopperTrainingProducts option, on compute capability 9.0), which never writes it. gateUp and dGateUp are
+    /// rank-2 views whose rows are contiguous.
+    /// </summary>
+    void DownSwiGluBackward(Tensor dOutput, Tensor downWeight, Tensor gateUp, Tensor dGateUp, Tensor dActivated);
+
+    /// <summary>
     /// output (N,F) = RMSNorm(x) weight^T (+ bias) for x (N,C) and weight (F,C): a pre-norm block's norm and the product that
     /// reads it, fused where the backend can (the CUDA backend for N &lt;= 4); otherwise <see cref="RmsNormForward"/> then
     /// <see cref="MatMul"/>. Nothing is saved for backward (inference).

@@ -116,7 +116,7 @@ internal static unsafe partial class CudaDriver
 
     // Tensor maps for the tensor memory accelerator (CUtensorMap: 128 bytes, 64-byte aligned; the enums' values as cuda.h gives them).
     internal const int CU_TENSOR_MAP_DATA_TYPE_FLOAT16 = 6, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 = 9;
-    internal const int CU_TENSOR_MAP_INTERLEAVE_NONE = 0, CU_TENSOR_MAP_SWIZZLE_128B = 3, CU_TENSOR_MAP_L2_PROMOTION_L2_256B = 3,
+    internal const int CU_TENSOR_MAP_INTERLEAVE_NONE = 0, CU_TENSOR_MAP_SWIZZLE_128B = 3, CU_TENSOR_MAP_SWIZZLE_64B = 2, CU_TENSOR_MAP_L2_PROMOTION_L2_256B = 3,
         CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE = 0;
     [LibraryImport(Lib)] internal static partial int cuTensorMapEncodeTiled(void* tensorMap, int dataType, uint rank, ulong globalAddress,
         ulong* globalDim, ulong* globalStrides, uint* boxDim, uint* elementStrides, int interleave, int swizzle, int l2Promotion, int oobFill);

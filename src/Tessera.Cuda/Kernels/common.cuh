@@ -444,6 +444,14 @@ template <typename T> __device__ __forceinline__ float norm_scale(float w, int u
 
 // SiLU as the SwiGLU kernels apply it (elementwise.cu, gemv.cu, the decode products), in fp32.
 __device__ __forceinline__ float silu(float g) { return g / (1.f + expf(-g)); }
+// SwiGLU's gradient as its backward kernels form it (elementwise.cu, gemm_hopper.cu's SwiGLU gradient form), in fp32: from d,
+// the gradient of SiLU(g) u, dg = d u SiLU'(g) and du = d SiLU(g), SiLU'(g) = s (1 + g (1 - s)) for s the sigmoid of g.
+__device__ __forceinline__ void swiglu_grad(float d, float g, float u, float& dg, float& du)
+{
+    const float sig = 1.f / (1.f + expf(-g));
+    dg = d * u * sig * (1.f + g * (1.f - sig));
+    du = d * g * sig;
+}
 // GPT-2's gelu_new: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 __device__ __forceinline__ float gelu(float x)
 {

@@ -150,20 +150,15 @@ __device__ __forceinline__ void split_item(i64 k, i64 per, i64 total, i64& r, i6
                 c *= N;                                                                          \
                 float g[N], u[N], d[N], dg[N];                                                   \
                 load16(gate + r * gs + c, g); load16(up + r * us + c, u); load16(dout + r * ds + c, d); \
-                for (int j = 0; j < N; j++)                                                      \
-                {                                                                                \
-                    float sig = 1.f / (1.f + expf(-g[j]));                                       \
-                    dg[j] = d[j] * u[j] * sig * (1.f + g[j] * (1.f - sig));                      \
-                    u[j] = d[j] * g[j] * sig;                                                    \
-                }                                                                                \
+                for (int j = 0; j < N; j++) swiglu_grad(d[j], g[j], u[j], dg[j], u[j]);         \
                 store16(dgate + r * dgs + c, dg); store16(dup + r * dus + c, u);                 \
             }                                                                                    \
             else                                                                                 \
             {                                                                                    \
-                float g = to_f(gate[r * gs + c]), u = to_f(up[r * us + c]), d = to_f(dout[r * ds + c]); \
-                float sig = 1.f / (1.f + expf(-g));                                              \
-                dgate[r * dgs + c] = from_f<T>(d * u * sig * (1.f + g * (1.f - sig)));           \
-                dup[r * dus + c] = from_f<T>(d * g * sig);                                       \
+                float dg, du;                                                                    \
+                swiglu_grad(to_f(dout[r * ds + c]), to_f(gate[r * gs + c]), to_f(up[r * us + c]), dg, du); \
+                dgate[r * dgs + c] = from_f<T>(dg);                                              \
+                dup[r * dus + c] = from_f<T>(du);                                                \
             }                                                                                    \
         }                                                                                        \
     }

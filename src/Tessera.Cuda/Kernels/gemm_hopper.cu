@@ -53,15 +53,26 @@ __device__ __forceinline__ void gh_store_pair(T* row, const T* in, int n, int N,
     else row[n] = from_f<T>(v0);
 }
 
-// SW (the SwiGLU form, nt only, staged stores, alpha 1, beta 0, no bias): b is a stacked [Wg; Wu] (2N rows of K), a tile's
-// BN accumulator columns are N's BN / 2 outputs' gate sums then their up sums (B's tile as BN / 2 gate rows and the same
-// outputs' up rows), and the epilogue stores the gate and up values to gu (cmap: its first N columns; inmap: its last N)
-// and SiLU(gate) * up, from the rounded gate and up as SwiGluForward computes it, to omap.
-template <typename T, int BN, int ST, int CL, bool TA, bool TB, bool SW = false>
+// The forms: GH_PLAIN, the product with the epilogue inputs above; GH_SWIGLU and GH_DSWIGLU, the Llama MLP's SwiGLU in the
+// epilogue (staged stores, alpha 1, beta 0, no bias, 256 columns a tile).
+// - GH_SWIGLU (the gate/up forward, nt): b is a stacked [Wg; Wu] (2N rows of K), a tile's BN accumulator columns are N's
+//   BN / 2 outputs' gate sums then their up sums (B's tile as BN / 2 gate rows and the same outputs' up rows), and the
+//   epilogue stores the gate and up values to gu (cmap: its first N columns; inmap: its last N) and SiLU(gate) * up, from
+//   the rounded gate and up as SwiGluForward computes it, to omap.
+// - GH_DSWIGLU (the down product's input gradient, nn): the tile's sums are dA (the gradient of SiLU(g) u) for BN of the N =
+//   F outputs; the epilogue reads g and u (inmap: gu, 2F columns, in boxes of 64 rows by 32 columns in the 64-byte swizzle,
+//   both into one epilogue buffer), forms dg and du from the rounded dA as SwiGluBackward does, in place, and stores them to
+//   cmap (dgu's first F columns) and omap (its last F), 32 columns at a time.
+#define GH_PLAIN 0
+#define GH_SWIGLU 1
+#define GH_DSWIGLU 2
+template <typename T, int BN, int ST, int CL, bool TA, bool TB, int FORM = GH_PLAIN>
 __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const TensorMap* cmap, const TensorMap* inmap, const TensorMap* omap,
                             const T* bias, T* c, const T* cin, int M, int N, int K, i64 ldc, float alpha, float beta, int staged)
 {
+    constexpr bool SW = FORM == GH_SWIGLU, DS = FORM == GH_DSWIGLU;
     static_assert(!SW || (!TA && !TB && BN == 256), "gemm_hopper: the SwiGLU form is the forward's layout at 256 columns");
+    static_assert(!DS || (!TA && TB && BN == 256), "gemm_hopper: the SwiGLU gradient form is the input gradient's layout at 256 columns");
     constexpr int AT = GH_BM * GH_BK * 2, BT = BN * GH_BK * 2, STAGE = AT + BT;   // bytes; each a multiple of 1,024
     constexpr int EP = 64 * 64 * 2;                        // an epilogue buffer: 64 rows by 64 columns, two a consumer warpgroup
     extern __shared__ unsigned char gh_raw[];
@@ -159,7 +170,7 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
             else
                 for (int r = 0; r < CL; r++) mbar_arrive_cluster(empty(s), r);
         };
-        const bool load_in = staged && beta != 0.f;        // C_in read through the epilogue buffers
+        const bool load_in = DS || (staged && beta != 0.f);   // C_in (or g and u) read through the epilogue buffers
         const unsigned ep = smem + ST * STAGE + w * 2 * EP;   // this warpgroup's two epilogue buffers
         unsigned in_phase = 0;                             // bit b: the phase of in_bar(w, b) to wait for next
         float acc[BN / 2];
@@ -171,9 +182,15 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
             const int tm = um * CL + rank;
             const int n0 = tn * BN, mw = tm * GH_BM + 64 * w;   // this warpgroup's rows: mw ..
             // C_in's columns 64 q .. of this warpgroup's rows into buffer q & 1 (the leader, once no store still reads it).
+            // GH_DSWIGLU: g's and u's columns 32 q .. (two 4 KB boxes) instead.
             auto load_in_chunk = [&](int q) {
                 mbar_arrive_expect_tx(in_bar(w, q & 1), EP);
-                tma_load_2d(ep + (q & 1) * EP, inmap, n0 + 64 * q, mw, in_bar(w, q & 1));
+                if constexpr (DS)
+                {
+                    tma_load_2d(ep + (q & 1) * EP, inmap, n0 + 32 * q, mw, in_bar(w, q & 1));
+                    tma_load_2d(ep + (q & 1) * EP + EP / 2, inmap, N + n0 + 32 * q, mw, in_bar(w, q & 1));
+                }
+                else tma_load_2d(ep + (q & 1) * EP, inmap, n0 + 64 * q, mw, in_bar(w, q & 1));
             };
             for (int kt = 0; kt < ktiles; kt++, i++)
             {
@@ -232,6 +249,49 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
                     {
                         tma_store_2d(what == 0 ? cmap : what == 1 ? inmap : omap, f0 + 64 * q, mw, buf);   // clipped at N and M
                         bulk_commit();
+                    }
+                }
+            }
+            else if constexpr (DS)
+            {
+                // Eight chunks of 32 columns through the two buffers in turn, each holding g's 64 x 32 box then u's (loaded
+                // two chunks ahead, the first two under the last k-tiles): a thread reads the g and u of its dA pairs, writes
+                // dg and du over them, and the leader stores both boxes.
+#pragma unroll
+                for (int q = 0; q < BN / 32; q++)
+                {
+                    const unsigned buf = ep + (q & 1) * EP;
+                    mbar_wait(in_bar(w, q & 1), (in_phase >> (q & 1)) & 1u);
+                    in_phase ^= 1u << (q & 1);
+#pragma unroll
+                    for (int jj = 0; jj < 4; jj++)
+#pragma unroll
+                        for (int r = 0; r < 2; r++)
+                        {
+                            const int j = 4 * q + jj, row = 16 * warp + g + 8 * r;
+                            // columns 8 jj + 2 c4 (+ 1) of the box: bytes 16 jj + 4 c4 of its 64-byte row, in the 64-byte
+                            // swizzle (16-byte chunk jj of row r at jj ^ ((r >> 1) & 3))
+                            const unsigned at = buf + row * 64 + ((jj ^ ((row >> 1) & 3)) << 4) + c4 * 4;
+                            const unsigned gate = lds_u32(at), up = lds_u32(at + EP / 2);
+                            const unsigned d = pack2<T>(acc[4 * j + 2 * r], acc[4 * j + 2 * r + 1]);   // dA as stored
+                            float dg0, du0, dg1, du1;
+                            swiglu_grad(unpack_lo<T>(d), unpack_lo<T>(gate), unpack_lo<T>(up), dg0, du0);
+                            swiglu_grad(unpack_hi<T>(d), unpack_hi<T>(gate), unpack_hi<T>(up), dg1, du1);
+                            sts_u32(at, pack2<T>(dg0, dg1));
+                            sts_u32(at + EP / 2, pack2<T>(du0, du1));
+                        }
+                    fence_async_shared();
+                    warpgroup_barrier(wg);
+                    if (leader)
+                    {
+                        tma_store_2d(cmap, n0 + 32 * q, mw, buf);            // dg; clipped at F and M
+                        tma_store_2d(omap, n0 + 32 * q, mw, buf + EP / 2);   // du
+                        bulk_commit();
+                        if (q + 2 < BN / 32)
+                        {
+                            bulk_wait_read<0>();           // both stores have read this buffer: chunk q + 2's g and u go into it
+                            load_in_chunk(q + 2);
+                        }
                     }
                 }
             }
@@ -308,7 +368,7 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
                 }
             }
         }
-        if (staged && leader) bulk_wait<0>();              // the last stores are done before the CTA (their source) goes
+        if ((staged || DS) && leader) bulk_wait<0>();              // the last stores are done before the CTA (their source) goes
     }
     if constexpr (CL > 1)
     {
@@ -324,22 +384,27 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
 // launches them so, gridDim.x even): the pair's CTAs take two adjacent row tiles of one column tile, and each copies half of
 // B's tile into both (multicast), so each B tile crosses from L2 once for two CTAs (each k-tile's L2 traffic 32 KB a CTA
 // instead of 48 at 256 columns).
-#define GEMM_HOPPER(layout, TA, TB, name, t, BN, ST, CL, tag, SW)                                                         \
+#define GEMM_HOPPER(layout, TA, TB, name, t, BN, ST, CL, tag, FORM)                                                       \
     extern "C" __global__ void __launch_bounds__(GH_THREADS, 1) gemm_hopper_##layout##tag##_##name##_n##BN(               \
         const __grid_constant__ TensorMap amap, const __grid_constant__ TensorMap bmap,                                   \
         const __grid_constant__ TensorMap cmap, const __grid_constant__ TensorMap inmap,                                  \
         const __grid_constant__ TensorMap omap, const t* bias, t* c, const t* cin, int M, int N, int K, i64 ldc,          \
         float alpha, float beta, int staged)                                                                              \
     {                                                                                                                     \
-        gemm_hopper<t, BN, ST, CL, TA, TB, SW>(&amap, &bmap, &cmap, &inmap, &omap, bias, c, cin, M, N, K, ldc, alpha,    \
+        gemm_hopper<t, BN, ST, CL, TA, TB, FORM>(&amap, &bmap, &cmap, &inmap, &omap, bias, c, cin, M, N, K, ldc, alpha,    \
                                                beta, staged);                                                             \
     }
 #define GEMM_HOPPER_LAYOUT(layout, TA, TB, name, t)                                                                       \
-    GEMM_HOPPER(layout, TA, TB, name, t, 256, 4, 1, , false) GEMM_HOPPER(layout, TA, TB, name, t, 256, 4, 2, _mc, false)  \
-    GEMM_HOPPER(layout, TA, TB, name, t, 128, 6, 1, , false) GEMM_HOPPER(layout, TA, TB, name, t, 128, 6, 2, _mc, false)
+    GEMM_HOPPER(layout, TA, TB, name, t, 256, 4, 1, , GH_PLAIN) GEMM_HOPPER(layout, TA, TB, name, t, 256, 4, 2, _mc, GH_PLAIN) \
+    GEMM_HOPPER(layout, TA, TB, name, t, 128, 6, 1, , GH_PLAIN) GEMM_HOPPER(layout, TA, TB, name, t, 128, 6, 2, _mc, GH_PLAIN)
 GEMM_HOPPER_LAYOUT(nt, false, false, bf16, bf16) GEMM_HOPPER_LAYOUT(nn, false, true, bf16, bf16) GEMM_HOPPER_LAYOUT(tn, true, true, bf16, bf16)
 GEMM_HOPPER_LAYOUT(nt, false, false, f16, f16) GEMM_HOPPER_LAYOUT(nn, false, true, f16, f16) GEMM_HOPPER_LAYOUT(tn, true, true, f16, f16)
 // The SwiGLU form: gemm_hopper_swiglu[_mc]_{bf16,f16}_n256 (N = F, the outputs; b = [Wg; Wu] in boxes of 128 rows; cmap and inmap
 // gu's two halves, omap the activation, each (M rows of F) in boxes of 64 by 64).
-GEMM_HOPPER(swiglu, false, false, bf16, bf16, 256, 4, 1, , true) GEMM_HOPPER(swiglu, false, false, bf16, bf16, 256, 4, 2, _mc, true)
-GEMM_HOPPER(swiglu, false, false, f16, f16, 256, 4, 1, , true) GEMM_HOPPER(swiglu, false, false, f16, f16, 256, 4, 2, _mc, true)
+GEMM_HOPPER(swiglu, false, false, bf16, bf16, 256, 4, 1, , GH_SWIGLU) GEMM_HOPPER(swiglu, false, false, bf16, bf16, 256, 4, 2, _mc, GH_SWIGLU)
+GEMM_HOPPER(swiglu, false, false, f16, f16, 256, 4, 1, , GH_SWIGLU) GEMM_HOPPER(swiglu, false, false, f16, f16, 256, 4, 2, _mc, GH_SWIGLU)
+// The SwiGLU gradient form: gemm_hopper_dswiglu[_mc]_{bf16,f16}_n256 (a = dy (M rows of C) and b = the down weight (C rows of
+// F) as the nn layout's; N = F; inmap gu (M rows of 2F) and cmap and omap dgu's two halves (M rows of F each), all in boxes
+// of 64 rows by 32 columns in the 64-byte swizzle).
+GEMM_HOPPER(dswiglu, false, true, bf16, bf16, 256, 4, 1, , GH_DSWIGLU) GEMM_HOPPER(dswiglu, false, true, bf16, bf16, 256, 4, 2, _mc, GH_DSWIGLU)
+GEMM_HOPPER(dswiglu, false, true, f16, f16, 256, 4, 1, , GH_DSWIGLU) GEMM_HOPPER(dswiglu, false, true, f16, f16, 256, 4, 2, _mc, GH_DSWIGLU)

@@ -167,9 +167,35 @@ public class Linear
             }
             finally { if (quantized is not null) w.Storage.Dispose(); }
         }
+        AccumulateParameterGradients(dy, x, biasGradientTaken);
+    }
+
+    /// <summary>dW += dy^T x and, unless <paramref name="biasGradientTaken"/>, db += the column sums of dy, in one product; nothing
+    /// for a frozen weight.</summary>
+    private void AccumulateParameterGradients(Tensor dy, Tensor x, bool biasGradientTaken)
+    {
         if (!Weight.RequiresGradient) return;                       // a frozen base weight (LoRA): no weight gradient at all
+        var backend = dy.Backend;
         if (Bias is null || biasGradientTaken) backend.MatMul(dy, x, Weight.Grad, transposeA: true, beta: 1.0);
         else backend.MatMul(dy, x, Weight.Grad, transposeA: true, beta: 1.0, epilogue: MatMulEpilogue.BiasGradient, biasGradient: Bias.Grad);
+    }
+
+    /// <summary>
+    /// The backward of a layer whose input was SiLU(g) u, for gateUp = [g | u] (N, 2 in) (Llama's down projection): from dy (N,
+    /// out), dGateUp (N, 2 in) = [dg | du], SwiGLU's gradient of dy W, in one op (<see cref="IBackend.DownSwiGluBackward"/>,
+    /// <paramref name="dActivated"/> (N, in) its composed form's scratch), then dW and db as <see cref="Backward(in PassContext, Tensor, Tensor?, bool, Tensor?, Tensor?, bool)"/>.
+    /// Only for a plain product (<see cref="IsPlainProduct"/>).
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The layer adds more than x W^T + b (an unmerged adapter) or its weight is quantized.</exception>
+    public virtual void BackwardSwiGlu(in PassContext ctx, Tensor dy, Tensor gateUp, Tensor dGateUp, Tensor dActivated, bool biasGradientTaken = false)
+    {
+        if (!IsPlainProduct || Weight.Quantized is not null)
+            throw new InvalidOperationException($"{Name}: the SwiGLU gradient is fused into a plain product's input gradient; this layer adds more or is quantized");
+        var x = ctx.Get(_input);
+        if (dy.Rank != 2 || dy.Size(0) != x.Size(0) || dy.Size(1) != OutFeatures)
+            throw new ArgumentException($"{Name}: output gradient {dy.Shape} must be ({x.Size(0)}, {OutFeatures})");
+        dy.Backend.DownSwiGluBackward(dy, Weight.Value, gateUp, dGateUp, dActivated);
+        AccumulateParameterGradients(dy, x, biasGradientTaken);
     }
 
     /// <summary>

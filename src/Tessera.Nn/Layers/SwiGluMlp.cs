@@ -12,6 +12,9 @@ namespace Tessera.Nn.Layers;
 /// biases: [g | u] (N, 2F) = x [Wg; Wu]^T, SwiGLU reading the two halves in place; backward mirrors it, dx = [dg | du]
 /// [Wg; Wu] and [dWg; dWu] += [dg | du]^T x, so the MLP's input side is one product each way instead of two, and dx is
 /// written once instead of written and then accumulated. The result is the two products' (tested against them in F64).
+/// The product and SwiGLU are one op each way (<see cref="IBackend.GateUpSwiGlu"/> forward; backward
+/// <see cref="IBackend.DownSwiGluBackward"/>, [dg | du] from the down projection's output gradient), which a backend may run as
+/// one launch with SwiGLU in the product's epilogue.
 /// </para>
 /// </summary>
 public sealed class SwiGluMlp : IFeedForward
@@ -204,9 +207,14 @@ public sealed class SwiGluMlp : IFeedForward
         var rows = ctx.Get(_input);                                  // (N, C)
         int n = gu.Size(0), f = Gate.OutFeatures;
         var da = ctx.Scratch(_dActivated, new Shape(n, f), gu.DType);   // (N, F)
-        Projection.Backward(ctx, dy, da, biasGradientTaken: projectionBiasGradientTaken);
         var dgu = ctx.Scratch(_dGateUp, gu.Shape, gu.DType);         // (N, 2F): [dg | du]
-        backend.SwiGluBackward(gu.Slice(1, 0, f), gu.Slice(1, f, f), da, dgu.Slice(1, 0, f), dgu.Slice(1, f, f));
+        if (Projection.IsPlainProduct)                               // dgu from dy in one op (da its composed form's scratch)
+            Projection.BackwardSwiGlu(ctx, dy, gu, dgu, da, projectionBiasGradientTaken);
+        else
+        {
+            Projection.Backward(ctx, dy, da, biasGradientTaken: projectionBiasGradientTaken);
+            backend.SwiGluBackward(gu.Slice(1, 0, f), gu.Slice(1, f, f), da, dgu.Slice(1, 0, f), dgu.Slice(1, f, f));
+        }
         var weights = Stacked(Gate.Weight.Value, Up.Weight.Value)!;  // (2F, C)
         var dInput = Input.GradientBuffer(ctx, dx);                  // (N, C)
         backend.MatMul(dgu, weights, dInput, beta: accumulateDx ? 1.0 : 0.0);

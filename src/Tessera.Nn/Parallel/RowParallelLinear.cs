@@ -103,6 +103,11 @@ public sealed class RowParallelLinear : Linear
         base.Backward(ctx, dPartial, dx, accumulateDx, geluPreActivation, preActivationBiasGradient, biasGradientTaken);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>From the gradient of this rank's partial output, as <see cref="Backward(in PassContext, Tensor, Tensor?, bool, Tensor?, Tensor?, bool)"/>.</remarks>
+    public override void BackwardSwiGlu(in PassContext ctx, Tensor dy, Tensor gateUp, Tensor dGateUp, Tensor dActivated, bool biasGradientTaken = false) =>
+        base.BackwardSwiGlu(ctx, OutputGradient(ctx, dy), gateUp, dGateUp, dActivated, biasGradientTaken);
+
     /// <summary>
     /// The gradient of this rank's partial output (N, out) from dy, the gradient of its output: the output region's backward
     /// (an all-gather of the rows under sequence parallelism, dy itself without). For a layer that wraps this one and reads it

@@ -351,6 +351,11 @@ public sealed unsafe partial class CpuBackend
     public void GateUpSwiGlu(Tensor x, Tensor gateUpWeight, Tensor gateUp, Tensor activated) =>
         GateUpSwiGluComposition.Apply(this, x, gateUpWeight, gateUp, activated);
 
+    /// <inheritdoc/>
+    /// <remarks>The product into dActivated, then <see cref="SwiGluBackward"/> into dGateUp's halves.</remarks>
+    public void DownSwiGluBackward(Tensor dOutput, Tensor downWeight, Tensor gateUp, Tensor dGateUp, Tensor dActivated) =>
+        DownSwiGluBackwardComposition.Apply(this, dOutput, downWeight, gateUp, dGateUp, dActivated);
+
     public void MatMulSwiGlu(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor output, Tensor? gateBias = null, Tensor? upBias = null,
         RmsNormPrologue? norm = null, bool geluGate = false)
     {

@@ -180,6 +180,53 @@ public sealed class CudaHopperMatMulTests(CudaFixture fixture) : CudaTestBase(fi
         AssertClose(want, got, Tolerance(DType.BF16), $"gemm_hopper_swiglu gateUp against cuBLASLt's {m}x{2 * f}x{k} multicast {multicast}");
     }
 
+    /// <summary>
+    /// <see cref="IBackend.DownSwiGluBackward"/> on gemm_hopper's SwiGLU gradient form (the down product's input gradient dA,
+    /// g and u read into the epilogue in the 64-byte swizzle, dg and du stored from it): dGateUp against the default backend's
+    /// composition (cuBLASLt, then SwiGluBackward) within 1e-2 norm-wise (a bf16 output from fp32 sums in another order), and
+    /// bit for bit against <see cref="IBackend.SwiGluBackward"/> applied to the same backend's plain nn product (gemm_hopper's,
+    /// the same sums); F short of a tile, in clusters of two and without, dGateUp's row padding untouched, gateUp unchanged.
+    /// </summary>
+    [Theory]
+    [InlineData(300, 200, 136, true)]
+    [InlineData(2048, 8192, 2048, true)]    // llama-1b's MLP at 2,048 tokens
+    [InlineData(256, 520, 448, false)]
+    public void DownSwiGluBackwardMatchesTheProductThenSwiGluBackward(int m, int f, int c, bool multicast)
+    {
+        using var hopper = HopperBackend(256, multicast);
+        var (yv, wv, guv, d0) = (Values(m * c, 1.0), Values(c * f, 0.05), Values(m * (2 * f + 8), 2.0), Values(m * (2 * f + 8), 1.0));
+        (double[] Dgu, double[] Composed, double[] Gu) Run(CudaBackend backend)
+        {
+            var dy = Upload(backend, yv, DType.BF16, m, c);
+            var w = Upload(backend, wv, DType.BF16, c, f);
+            var gu = Upload(backend, guv, DType.BF16, m, 2 * f + 8);
+            var dgu = Upload(backend, d0, DType.BF16, m, 2 * f + 8);
+            var da = backend.Allocate(new Shape(m, f), DType.BF16);
+            backend.DownSwiGluBackward(dy, w, gu.Slice(1, 0, 2 * f), dgu.Slice(1, 0, 2 * f), da);
+            var (da2, dgu2) = (backend.Allocate(new Shape(m, f), DType.BF16), backend.Allocate(new Shape(m, 2 * f), DType.BF16));
+            backend.MatMul(dy, w, da2);
+            backend.SwiGluBackward(gu.Slice(1, 0, f), gu.Slice(1, f, f), da2, dgu2.Slice(1, 0, f), dgu2.Slice(1, f, f));
+            return (Download(backend, dgu), Download(backend, dgu2), Download(backend, gu));
+        }
+        var fused = Run(hopper);
+        Assert.Contains(hopper.Profiler!.Totals(), r => r.Name.StartsWith($"gemm_hopper_dswiglu{(multicast ? "_mc" : "")}_bf16_n256 ", StringComparison.Ordinal));
+        var plain = Run(Gpu);
+        double[] sd0 = Stored(d0, DType.BF16), sgu = Stored(guv, DType.BF16);
+        var (got, want) = (new double[m * 2 * f], new double[m * 2 * f]);
+        for (int r = 0; r < m; r++)
+        {
+            for (int col = 0; col < 2 * f; col++)
+            {
+                got[r * 2 * f + col] = fused.Dgu[r * (2 * f + 8) + col];
+                want[r * 2 * f + col] = plain.Dgu[r * (2 * f + 8) + col];
+                Assert.Equal(fused.Composed[r * 2 * f + col], fused.Dgu[r * (2 * f + 8) + col]);
+            }
+            for (int col = 2 * f; col < 2 * f + 8; col++) Assert.Equal(sd0[r * (2 * f + 8) + col], fused.Dgu[r * (2 * f + 8) + col]);
+        }
+        Assert.Equal(sgu, fused.Gu);
+        AssertClose(want, got, Tolerance(DType.BF16), $"gemm_hopper_dswiglu dGateUp against cuBLASLt's {m}x{f}x{c} and SwiGluBackward, multicast {multicast}");
+    }
+
     /// <summary>c (m, n), ld apart, = alpha op(a) op(b) + bias + beta c (or + the addend) in one of the three layouts; a and b
     /// are uploaded as stored: nt a (m, k) b (n, k), nn a (m, k) b (k, n), tn a (k, m) b (k, n).</summary>
     private sealed record Product(DType DType, string Layout, int M, int N, int K, int Ld, double Alpha, double Beta, double[]? Bias, double[]? Addend)

@@ -38,6 +38,8 @@ internal class ForwardingBackend(IBackend inner) : IBackend
     // Composed through this backend's own MatMul and SwiGluForward, so that a subclass watching or altering those sees the MLP's
     // gate/up product as it did before the op existed.
     public virtual void GateUpSwiGlu(Tensor x, Tensor gateUpWeight, Tensor gateUp, Tensor activated) => GateUpSwiGluComposition.Apply(this, x, gateUpWeight, gateUp, activated);
+    public virtual void DownSwiGluBackward(Tensor dOutput, Tensor downWeight, Tensor gateUp, Tensor dGateUp, Tensor dActivated) =>
+        DownSwiGluBackwardComposition.Apply(this, dOutput, downWeight, gateUp, dGateUp, dActivated);
     public virtual void MatMulSwiGlu(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor output, Tensor? gateBias = null, Tensor? upBias = null, RmsNormPrologue? norm = null, bool geluGate = false) => Inner.MatMulSwiGlu(x, gateWeight, upWeight, output, gateBias, upBias, norm, geluGate);
     public virtual void RmsNormMatMul(Tensor x, RmsNormPrologue norm, Tensor weight, Tensor output, Tensor? bias = null) => Inner.RmsNormMatMul(x, norm, weight, output, bias);
     public virtual void MoeRoute(Tensor logits, Tensor expertIds, Tensor weights, bool normalize) => Inner.MoeRoute(logits, expertIds, weights, normalize);

@@ -380,14 +380,31 @@ inline void emu_mbar_wait(unsigned bar, unsigned parity)
 }
 // The emulation's tensor map (written by emu_tensor_map_2d into a TensorMap's 128 bytes): a 2-D row-major tensor of
 // dims[1] rows of dims[0] elements, its rows stride_bytes apart, copied in boxes of box[1] rows of box[0] elements whose rows
-// are 128 bytes, in the 128-byte swizzle (16-byte chunk c of box row r at c ^ (r & 7); the destination 1,024-byte aligned).
-struct EmuTensorMap2d { const unsigned char* base; unsigned long long dims[2], stride_bytes; unsigned box[2], element_bytes; };
+// are as long as the swizzle's span: 128 bytes in the 128-byte swizzle (16-byte chunk c of box row r at c ^ (r & 7), the
+// destination 1,024-byte aligned) or 64 in the 64-byte swizzle (chunk c of row r at c ^ ((r >> 1) & 3): the address bits
+// [7, 9) into [4, 6), the destination 512-byte aligned).
+struct EmuTensorMap2d { const unsigned char* base; unsigned long long dims[2], stride_bytes; unsigned box[2], element_bytes, swizzle; };
 inline void emu_tensor_map_2d(void* map, const void* base, unsigned long long cols, unsigned long long rows, unsigned long long stride_bytes,
-                              unsigned box_cols, unsigned box_rows, unsigned element_bytes)
+                              unsigned box_cols, unsigned box_rows, unsigned element_bytes, unsigned swizzle_bytes = 128)
 {
     static_assert(sizeof(EmuTensorMap2d) <= 128, "the emulated tensor map fits a CUtensorMap");
-    EmuTensorMap2d m{(const unsigned char*)base, {cols, rows}, stride_bytes, {box_cols, box_rows}, element_bytes};
+    EmuTensorMap2d m{(const unsigned char*)base, {cols, rows}, stride_bytes, {box_cols, box_rows}, element_bytes, swizzle_bytes};
     std::memcpy(map, &m, sizeof m);
+}
+// A box's row length must be its swizzle's span and its shared tile aligned to the swizzle's period; the byte offset of
+// 16-byte chunk c of box row r in that tile.
+inline void emu_check_box(const EmuTensorMap2d& m, unsigned shared_address, const char* what)
+{
+    const unsigned row_bytes = m.box[0] * m.element_bytes;
+    if ((m.swizzle != 128 && m.swizzle != 64) || row_bytes != m.swizzle || shared_address % (8 * m.swizzle) != 0)
+    {
+        std::fprintf(stderr, "%s: box rows of the swizzle's span (64 or 128 bytes) into a tile aligned to its period only\n", what);
+        std::abort();
+    }
+}
+inline unsigned emu_swizzled(const EmuTensorMap2d& m, unsigned r, unsigned c)
+{
+    return m.swizzle == 128 ? r * 128 + ((c ^ (r & 7)) << 4) : r * 64 + ((c ^ ((r >> 1) & 3)) << 4);
 }
 // cp.async.bulk.tensor.2d ... .mbarrier::complete_tx: the box at element (c0, c1), elements past the tensor zero-filled (by
 // 16-byte chunks here: a chunk that crosses the last column is zeroed whole, which the hardware does element by element; the
@@ -398,11 +415,11 @@ inline unsigned emu_tma_box_into(unsigned char* memory, unsigned dst, const void
     EmuTensorMap2d m;
     std::memcpy(&m, map_bytes, sizeof m);
     const unsigned row_bytes = m.box[0] * m.element_bytes, per_chunk = 16 / m.element_bytes;
-    if (row_bytes != 128 || dst % 1024 != 0) { std::fprintf(stderr, "%s: 128-byte box rows into a 1,024-byte aligned tile only\n", what); std::abort(); }
+    emu_check_box(m, dst, what);
     for (unsigned r = 0; r < m.box[1]; r++)
-        for (unsigned c = 0; c < 8; c++)
+        for (unsigned c = 0; c < row_bytes / 16; c++)
         {
-            unsigned char* to = memory + dst + r * 128 + ((c ^ (r & 7)) << 4);
+            unsigned char* to = memory + dst + emu_swizzled(m, r, c);
             const unsigned long long row = (unsigned long long)c1 + r, col = (unsigned long long)c0 + c * per_chunk;
             if (row < m.dims[1] && col + per_chunk <= m.dims[0]) std::memcpy(to, m.base + row * m.stride_bytes + col * m.element_bytes, 16);
             else std::memset(to, 0, 16);
@@ -452,9 +469,9 @@ inline void emu_tma_store_2d_now(const void* map_bytes, int c0, int c1, unsigned
     EmuTensorMap2d m;
     std::memcpy(&m, map_bytes, sizeof m);
     const unsigned row_bytes = m.box[0] * m.element_bytes, per_chunk = 16 / m.element_bytes;
-    if (row_bytes != 128 || src % 1024 != 0) { std::fprintf(stderr, "emu_tma_store_2d: 128-byte box rows from a 1,024-byte aligned tile only\n"); std::abort(); }
+    emu_check_box(m, src, "emu_tma_store_2d");
     for (unsigned r = 0; r < m.box[1]; r++)
-        for (unsigned c = 0; c < 8; c++)
+        for (unsigned c = 0; c < row_bytes / 16; c++)
         {
             const unsigned long long row = (unsigned long long)c1 + r, col = (unsigned long long)c0 + c * per_chunk;
             if (row >= m.dims[1] || col >= m.dims[0]) continue;
@@ -463,7 +480,7 @@ inline void emu_tma_store_2d_now(const void* map_bytes, int c0, int c1, unsigned
                 std::fprintf(stderr, "emu_tma_store_2d: a 16-byte chunk across the tensor's last column (an H100 wrote it whole; the host keeps N a multiple of 8)\n");
                 std::abort();
             }
-            std::memcpy((unsigned char*)m.base + row * m.stride_bytes + col * m.element_bytes, shared + src + r * 128 + ((c ^ (r & 7)) << 4), 16);
+            std::memcpy((unsigned char*)m.base + row * m.stride_bytes + col * m.element_bytes, shared + src + emu_swizzled(m, r, c), 16);
         }
 }
 // cp.async.bulk (1-D) ... .mbarrier::complete_tx.

@@ -15,6 +15,8 @@
 // exit code is the number of failures.
 #include "kernels.h"
 #include "emulation_check.h"
+#include <cmath>
+#include <cstring>
 #include <cstdio>
 #include <random>
 #include <string>
@@ -157,6 +159,75 @@ static void run_swiglu(int M, int F, int K, int ctas, int cluster)
     if (!pads) failures++;
 }
 
+// The SwiGLU gradient form (gemm_hopper_dswiglu*): dA = dy (M, C) times the down weight (C rows of F), then dg and du from
+// gu's halves (g, u) in the epilogue, into dgu (M, 2F), as the nn product into dA then SwiGluBackward: dgu against a double
+// reference (dA's sum in double, the bf16 g and u; 2e-2 of the largest, dA being rounded to bf16 before the gradient as the
+// composition does), and bit for bit against SwiGluBackward's formula applied here to the dA the plain nn kernel stores for the same
+// inputs; dgu's row padding untouched, gu unchanged.
+static void run_dswiglu(int M, int F, int C, int ctas, int cluster)
+{
+    const unsigned seed = 91 + M * 5 + F * 3 + C + ctas + cluster;
+    std::mt19937 rng(seed);
+    const int ldy = C + 8, ldw = F + 16, ldg = 2 * F + 8, ldd = 2 * F + 24, lda = F + 8;   // multiples of 8 values
+    std::vector<bf16> dy((size_t)M * ldy), w((size_t)C * ldw), gu((size_t)M * ldg), d0((size_t)M * ldd), da((size_t)M * lda);
+    fill(dy, rng, 1.f); fill(w, rng, 0.1f); fill(gu, rng, 2.f); fill(d0, rng, 1.f);
+    const std::vector<bf16> gu0 = gu;
+    std::vector<bf16> dgu = d0;
+    std::vector<double> e((size_t)M * 2 * F);
+    for (int m = 0; m < M; m++)
+        for (int f = 0; f < F; f++)
+        {
+            double sum = 0;
+            for (int k = 0; k < C; k++) sum += (double)to_f(dy[(size_t)m * ldy + k]) * to_f(w[(size_t)k * ldw + f]);
+            const double g = to_f(gu[(size_t)m * ldg + f]), u = to_f(gu[(size_t)m * ldg + F + f]), s = 1 / (1 + std::exp(-g));
+            e[(size_t)m * 2 * F + f] = sum * u * s * (1 + g * (1 - s));
+            e[(size_t)m * 2 * F + F + f] = sum * g * s;
+        }
+    // The host's maps: dy in boxes of 128 rows by 64, the weight (C rows of F) in 64 x 64 (MN-major), gu and dgu's halves in
+    // 64 rows by 32 columns in the 64-byte swizzle.
+    TensorMap ym, wm, dgm, gm, dum;
+    emu_tensor_map_2d(&ym, dy.data(), C, M, (unsigned long long)ldy * 2, 64, 128, 2);
+    emu_tensor_map_2d(&wm, w.data(), F, C, (unsigned long long)ldw * 2, 64, 64, 2);
+    emu_tensor_map_2d(&gm, gu.data(), 2 * F, M, (unsigned long long)ldg * 2, 32, 64, 2, 64);
+    emu_tensor_map_2d(&dgm, dgu.data(), F, M, (unsigned long long)ldd * 2, 32, 64, 2, 64);
+    emu_tensor_map_2d(&dum, dgu.data() + F, F, M, (unsigned long long)ldd * 2, 32, 64, 2, 64);
+    emu_shared_base = gh_raw;
+    bf16* pd = dgu.data();
+    long long ld = ldd;
+    auto body = [&](auto kernel) {
+        return [&, kernel] { kernel(ym, wm, dgm, gm, dum, nullptr, pd, pd, M, F, C, ld, 1.f, 0.f, 1); };
+    };
+    if (cluster == 1) emu_launch(ctas, 384, body(gemm_hopper_dswiglu_bf16_n256));
+    else emu_launch_cluster(ctas, cluster, 384, body(gemm_hopper_dswiglu_mc_bf16_n256));
+    // dA as the plain nn kernel stores it (the composition's product), for the bit-for-bit check.
+    TensorMap am, none{};
+    emu_tensor_map_2d(&am, da.data(), F, M, (unsigned long long)lda * 2, 64, 64, 2);
+    bf16* pa = da.data();
+    long long la = lda;
+    emu_launch(ctas, 384, [&] { gemm_hopper_nn_bf16_n256(ym, wm, am, none, none, nullptr, pa, pa, M, F, C, la, 1.f, 0.f, 1); });
+    std::vector<float> got((size_t)M * 2 * F);
+    bool bits = true, pads = true, kept = std::memcmp(gu.data(), gu0.data(), gu.size() * sizeof(bf16)) == 0;
+    for (int m = 0; m < M; m++)
+    {
+        for (int n = 0; n < 2 * F; n++) got[(size_t)m * 2 * F + n] = to_f(dgu[(size_t)m * ldd + n]);
+        for (int f = 0; f < F; f++)
+        {
+            float dg, du;
+            swiglu_grad(to_f(da[(size_t)m * lda + f]), to_f(gu[(size_t)m * ldg + f]), to_f(gu[(size_t)m * ldg + F + f]), dg, du);
+            bits &= dgu[(size_t)m * ldd + f].x == from_f<bf16>(dg).x && dgu[(size_t)m * ldd + F + f].x == from_f<bf16>(du).x;
+        }
+        for (int n = 2 * F; n < ldd; n++) pads &= dgu[(size_t)m * ldd + n].x == d0[(size_t)m * ldd + n].x;
+    }
+    char name[120], extra[40];
+    snprintf(name, sizeof name, "gemm_hopper_dswiglu%s M=%d F=%d C=%d ctas=%d", cluster > 1 ? "_mc" : "", M, F, C, ctas);
+    snprintf(extra, sizeof extra, " (seed %u)", seed);
+    report_error(name, 72, errors_of(e.data(), got.data(), e.size()).relative(), 2e-2, "rel err", extra);
+    printf("%-72s %s\n", (std::string(name) + ": = SwiGluBackward of the stored dA, bits").c_str(), bits ? "ok" : "FAIL");
+    printf("%-72s %s\n", (std::string(name) + ": pads, gu unchanged").c_str(), pads && kept ? "ok" : "FAIL");
+    if (!bits) failures++;
+    if (!pads || !kept) failures++;
+}
+
 int main()
 {
     run("nt", 300, 521, 200, 256, 2, true, 0.5f, 1.f);    // 3 x 3 tiles on 2 CTAs; M, N (odd: stored from registers), K short of a tile
@@ -186,5 +257,11 @@ int main()
     run_swiglu(300, 200, 136, 2, 1);
     run_swiglu(256, 136, 448, 2, 2);
     run_swiglu(130, 264, 200, 4, 2);
+    // The SwiGLU gradient form: F short of a tile (g's boxes past F read u's first columns, whose gradients are not stored),
+    // more tiles than CTAs (g and u of the next tile's first chunks load under the last k-tiles), one k-tile, clusters.
+    run_dswiglu(300, 200, 136, 2, 1);
+    run_dswiglu(256, 520, 448, 2, 1);
+    run_dswiglu(130, 264, 64, 4, 2);
+    run_dswiglu(256, 256, 320, 2, 2);
     return failures;
 }
