@@ -172,10 +172,11 @@ public interface IBackend
     /// <summary>
     /// Llama's MLP in training, from the gradient of its output back through SwiGLU (the backward of <see cref="GateUpSwiGlu"/>'s
     /// activation and the down product's input gradient): dActivated (N, F) = dOutput (N, C) downWeight (C, F), then
-    /// dGateUp (N, 2F) = [dg | du] = <see cref="SwiGluBackward"/> of gateUp's halves with dActivated, with the same bits.
-    /// dActivated is the composed form's scratch: one launch where the backend fuses it (the CUDA backend's training product,
-    /// under its HopperTrainingProducts option, on compute capability 9.0), which never writes it. gateUp and dGateUp are
-    /// rank-2 views whose rows are contiguous.
+    /// dGateUp (N, 2F) = [dg | du] = <see cref="SwiGluBackward"/> of gateUp's halves with dActivated. dActivated is the
+    /// composed form's scratch: one launch where the backend fuses it (the CUDA backend's training product, under its
+    /// HopperTrainingProducts option, on compute capability 9.0), which never writes it and applies SwiGluBackward's formula
+    /// to the product's rounded values, so its bits are the composition's wherever both compute the product alike. gateUp and
+    /// dGateUp are rank-2 views whose rows are contiguous.
     /// </summary>
     void DownSwiGluBackward(Tensor dOutput, Tensor downWeight, Tensor gateUp, Tensor dGateUp, Tensor dActivated);
 

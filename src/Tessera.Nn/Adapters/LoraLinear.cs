@@ -193,6 +193,15 @@ public sealed class LoraLinear : Linear, IPartialOutputTerm
     }
 
     /// <inheritdoc/>
+    /// <remarks>The adapters train only unmerged, where the layer is no plain product and its MLP takes the unfused backward
+    /// (<see cref="Backward(in PassContext, Tensor, Tensor?, bool, Tensor?, Tensor?, bool)"/>); merged, this refuses as that does.</remarks>
+    public override void BackwardSwiGlu(in PassContext ctx, Tensor dy, Tensor gateUp, Tensor dGateUp, Tensor dActivated, bool biasGradientTaken = false)
+    {
+        if (Merged) throw new InvalidOperationException($"{Name}: the adapters are merged into the weight; unmerge them before training");
+        base.BackwardSwiGlu(ctx, dy, gateUp, dGateUp, dActivated, biasGradientTaken);   // refuses: not a plain product
+    }
+
+    /// <inheritdoc/>
     public override void Backward(in PassContext ctx, Tensor dy, Tensor? dx, bool accumulateDx = false, Tensor? geluPreActivation = null,
         Tensor? preActivationBiasGradient = null, bool biasGradientTaken = false)
     {

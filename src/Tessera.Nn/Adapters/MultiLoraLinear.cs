@@ -233,6 +233,10 @@ public sealed class MultiLoraLinear : Linear, IPartialOutputTerm
         Tensor? preActivationBiasGradient = null, bool biasGradientTaken = false) =>
         throw new NotSupportedException($"{Name}: served LoRA adapters are for inference; train one adapter at a time (tessera train --lora)");
 
+    /// <inheritdoc/>
+    public override void BackwardSwiGlu(in PassContext ctx, Tensor dy, Tensor gateUp, Tensor dGateUp, Tensor dActivated, bool biasGradientTaken = false) =>
+        throw new NotSupportedException($"{Name}: served LoRA adapters are for inference; train one adapter at a time (tessera train --lora)");
+
     /// <summary>
     /// Under a row-parallel layer: this rank's partial output (N, out) += (x_r A_r^T ⊙ M) Bt, summed over the ranks by the layer's
     /// own reduction (exact: the mask scales rows and the products are linear, so the sum of the ranks' terms is the whole term).

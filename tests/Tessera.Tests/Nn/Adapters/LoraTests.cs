@@ -177,6 +177,21 @@ public sealed class LoraTests
     }
 
     [Fact]
+    public void BackwardRefusesMergedAdaptersOnTheMlpDownProjection()
+    {
+        // Merged, the down projection is a plain product, so the MLP's fused backward reaches it (Linear.BackwardSwiGlu): it
+        // must refuse as the adapter's own backward does, not train the merged weight with the adapters left out.
+        const int seed = 5;
+        var cpu = new CpuBackend(1);
+        var model = Model(cpu, DType.F32, seed, ["down"]);
+        var (tokens, targets) = Batch(cpu, seed, 2, 6, model.Config.VocabSize);
+        model.Adapters!.Merge();
+        model.Loss(tokens, targets, 0, lossScale: 1.0 / 12);
+        var error = Assert.Throws<InvalidOperationException>(() => model.Backward(0));
+        Assert.Contains("unmerge them before training", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void TrainingStepsChangeOnlyTheAdaptersAndTheBaseHasNoGradients()
     {
         const int seed = 3;
