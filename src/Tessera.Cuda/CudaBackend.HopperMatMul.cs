@@ -137,7 +137,8 @@ public sealed unsafe partial class CudaBackend
         else EncodeTensorMap(bmap, a.DType, pb, n, k, b.Stride(0), 64);
         // Staged stores: c's 64 x 64 boxes by the tensor memory accelerator (StagesStores); with beta, C_in's boxes come in the
         // same way.
-        int staged = StagesStores(ldc, n, pc, pin) ? 1 : 0;
+        // 2: with no C_in, each tile's stores deferred into the next tile's main loop (HopperTrainingProductOverlappedEpilogue).
+        int staged = !StagesStores(ldc, n, pc, pin) ? 0 : beta == 0 && Options.HopperTrainingProductOverlappedEpilogue ? 2 : 1;
         if (staged != 0)
         {
             EncodeTensorMap(cmap, a.DType, pc, n, m, ldc, 64);

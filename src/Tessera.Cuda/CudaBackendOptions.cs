@@ -87,6 +87,15 @@ public sealed record CudaBackendOptions
     public bool HopperTrainingProductStagedStores { get; init; } = true;
 
     /// <summary>
+    /// On <see cref="HopperTrainingProducts"/>' kernel with <see cref="HopperTrainingProductStagedStores"/>, a product with no
+    /// C_in (beta 0, no addend) defers each tile's epilogue into the next tile's main loop: the outputs wait in registers as
+    /// 16-bit pairs and one 64-column chunk goes to the tensor memory accelerator after each of the first k-tiles' products
+    /// is issued, so the tensor cores are not idle while a tile is stored (at K = 2,048 a tile's main loop is 32 k-tiles and
+    /// the store is about a tenth of it). Default false until measured.
+    /// </summary>
+    public bool HopperTrainingProductOverlappedEpilogue { get; init; }
+
+    /// <summary>
     /// Under <see cref="HopperTrainingProducts"/>, the first call of each product shape times gemm_hopper.cu against cuBLASLt
     /// and keeps the faster for that shape (logged in <see cref="CudaBackend.MatMulTuningLog"/>); false sends every fitting
     /// product to gemm_hopper.cu. Default true.
@@ -554,6 +563,7 @@ public sealed record CudaBackendOptions
         if (HopperTrainingProducts != d.HopperTrainingProducts) parts.Add($"{nameof(HopperTrainingProducts)}={Bool(HopperTrainingProducts)}");
         if (HopperTrainingProductMulticast != d.HopperTrainingProductMulticast) parts.Add($"{nameof(HopperTrainingProductMulticast)}={Bool(HopperTrainingProductMulticast)}");
         if (HopperTrainingProductStagedStores != d.HopperTrainingProductStagedStores) parts.Add($"{nameof(HopperTrainingProductStagedStores)}={Bool(HopperTrainingProductStagedStores)}");
+        if (HopperTrainingProductOverlappedEpilogue != d.HopperTrainingProductOverlappedEpilogue) parts.Add($"{nameof(HopperTrainingProductOverlappedEpilogue)}={Bool(HopperTrainingProductOverlappedEpilogue)}");
         if (TimeHopperTrainingProducts != d.TimeHopperTrainingProducts) parts.Add($"{nameof(TimeHopperTrainingProducts)}={Bool(TimeHopperTrainingProducts)}");
         if (HopperTrainingProductColumns != d.HopperTrainingProductColumns) parts.Add(Invariant($"{nameof(HopperTrainingProductColumns)}={HopperTrainingProductColumns}"));
         if (DecodeProductTensorMaps != d.DecodeProductTensorMaps) parts.Add($"{nameof(DecodeProductTensorMaps)}={Bool(DecodeProductTensorMaps)}");
@@ -621,6 +631,7 @@ public sealed record CudaBackendOptions
         [nameof(HopperTrainingProductColumns)] = (o, v, s) => o with { HopperTrainingProductColumns = ParseInt(v, s) },
         [nameof(HopperTrainingProductMulticast)] = (o, v, s) => o with { HopperTrainingProductMulticast = ParseBool(v, s) },
         [nameof(HopperTrainingProductStagedStores)] = (o, v, s) => o with { HopperTrainingProductStagedStores = ParseBool(v, s) },
+        [nameof(HopperTrainingProductOverlappedEpilogue)] = (o, v, s) => o with { HopperTrainingProductOverlappedEpilogue = ParseBool(v, s) },
         [nameof(TimeHopperTrainingProducts)] = (o, v, s) => o with { TimeHopperTrainingProducts = ParseBool(v, s) },
         [nameof(DecodeProductTensorMaps)] = (o, v, s) => o with { DecodeProductTensorMaps = ParseBool(v, s) },
         [nameof(QuantizedDecodeProducts)] = (o, v, s) => o with { QuantizedDecodeProducts = ParseBool(v, s) },

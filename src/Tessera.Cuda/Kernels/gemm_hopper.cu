@@ -174,6 +174,34 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
         const unsigned ep = smem + ST * STAGE + w * 2 * EP;   // this warpgroup's two epilogue buffers
         unsigned in_phase = 0;                             // bit b: the phase of in_bar(w, b) to wait for next
         float acc[BN / 2];
+        // Staged = 2 (the plain form without C_in): a tile's epilogue is deferred into the next tile's main loop. Its outputs,
+        // alpha and the bias applied and rounded to T, wait in `packed` (a lane's pairs, BN / 4 registers), and chunk q goes to
+        // shared memory and the tensor memory accelerator right after k-tile q's products are issued, while they run; the
+        // last tile a CTA takes stores as before.
+        const bool overlap = FORM == GH_PLAIN && staged == 2 && !load_in;
+        unsigned packed[BN / 4];
+        bool pending = false;                              // packed holds a tile not yet stored
+        int pn0 = 0, pmw = 0;                              // its first column and this warpgroup's first row
+        auto store_packed = [&](int q) {                   // chunk q (a compile-time constant where called) of the pending tile
+            const unsigned buf = ep + (q & 1) * EP;
+            if (leader) bulk_wait_read<1>();               // the store that last read this buffer (two chunks ago) has read it
+            warpgroup_barrier(wg);
+#pragma unroll
+            for (int jj = 0; jj < 8; jj++)
+#pragma unroll
+                for (int r = 0; r < 2; r++)
+                {
+                    const int row = 16 * warp + g + 8 * r;
+                    sts_u32(buf + row * 128 + ((jj ^ (row & 7)) << 4) + c4 * 4, packed[2 * (8 * q + jj) + r]);
+                }
+            fence_async_shared();
+            warpgroup_barrier(wg);
+            if (leader)
+            {
+                tma_store_2d(cmap, pn0 + 64 * q, pmw, buf);
+                bulk_commit();
+            }
+        };
         int i = 0;
         for (int u = first; u < units; u += step)
         {
@@ -207,6 +235,12 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
                 for (int kk = 0; kk < GH_BK / 16; kk++)
                     WgmmaSs<T, BN>::template run<TA, TB>(acc, desc_plus(ad, kk * astep), desc_plus(bd, kk * bstep), kt > 0 || kk > 0);
                 wgmma_commit();
+                if (pending)                               // the last tile's chunk kt while this k-tile's products run
+                {
+#pragma unroll
+                    for (int q = 0; q < BN / 64; q++)
+                        if (q == kt) store_packed(q);
+                }
                 wgmma_wait<1>();                           // k-tile i - 1's products are done: its stage goes back
                 if (kt > 0) hand_back((i - 1) % ST);
                 if (load_in && leader && kt == (ktiles > 1 ? ktiles - 2 : 0))
@@ -216,9 +250,37 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
                     load_in_chunk(1);
                 }
             }
+            if (pending)                                   // fewer k-tiles than chunks: the rest of the last tile
+            {
+#pragma unroll
+                for (int q = 0; q < BN / 64; q++)
+                    if (q >= ktiles) store_packed(q);
+                pending = false;
+            }
             wgmma_wait<0>();
             fence_registers<BN / 2>(acc);
             hand_back((i - 1) % ST);
+            if (overlap && u + step < units)               // a tile follows: this one's outputs wait in registers
+            {
+#pragma unroll
+                for (int j = 0; j < BN / 8; j++)
+#pragma unroll
+                    for (int r = 0; r < 2; r++)
+                    {
+                        const int n = n0 + 8 * j + 2 * c4;
+                        float v0 = alpha * acc[4 * j + 2 * r], v1 = alpha * acc[4 * j + 2 * r + 1];
+                        if (bias)
+                        {
+                            if (n < N) v0 += to_f(bias[n]);
+                            if (n + 1 < N) v1 += to_f(bias[n + 1]);
+                        }
+                        packed[2 * j + r] = pack2<T>(v0, v1);
+                    }
+                pending = true;
+                pn0 = n0;
+                pmw = mw;
+                continue;
+            }
             if constexpr (SW)
             {
                 // Six chunks of 64 x 64 through the two buffers in turn: for each 64 outputs, their gate values (to gu's
@@ -380,7 +442,8 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
 // The kernels gemm_hopper_{nt,nn,tn}[_mc]_{bf16,f16}_n{256,128}. Tensor maps, all in the 128-byte swizzle: a as stored, (M
 // rows of K) in boxes of 128 rows by 64 columns (nt, nn) or (K rows of M) in boxes of 64 by 64 (tn); b as stored, (N rows of K)
 // in boxes of BN / CL rows by 64 (nt) or (K rows of N) in boxes of 64 by 64 (nn, tn); c (M rows of N) in boxes of 64 rows by
-// 64 columns and inmap C_in likewise (read only when staged is nonzero; C_in's only with beta). The _mc kernels run in thread-block clusters of 2 CTAs along x (the host
+// 64 columns and inmap C_in likewise (read only when staged is nonzero; C_in's only with beta; staged = 2 defers each tile's
+// stores into the next tile's main loop, the plain form without C_in only). The _mc kernels run in thread-block clusters of 2 CTAs along x (the host
 // launches them so, gridDim.x even): the pair's CTAs take two adjacent row tiles of one column tile, and each copies half of
 // B's tile into both (multicast), so each B tile crosses from L2 once for two CTAs (each k-tile's L2 traffic 32 KB a CTA
 // instead of 48 at 256 columns).

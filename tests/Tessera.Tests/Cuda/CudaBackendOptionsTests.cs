@@ -23,6 +23,7 @@ public sealed class CudaBackendOptionsTests
         HopperTrainingProductColumns = 128,
         HopperTrainingProductMulticast = false,
         HopperTrainingProductStagedStores = false,
+        HopperTrainingProductOverlappedEpilogue = true,
         TimeHopperTrainingProducts = false,
         QuantizedDecodeProducts = false,
         DecodeAttention = DecodeAttentionKernel.PerQueryHead,

@@ -43,6 +43,30 @@ public sealed class CudaHopperMatMulTests(CudaFixture fixture) : CudaTestBase(fi
             ProductMatchesTheReferenceAndCublasLt(dtype, layout, m, n, k, columns, withBias, alpha, beta, multicast, aligned, addend: false);
     }
 
+    /// <summary>
+    /// The epilogue deferred into the next tile's main loop (<see cref="CudaBackendOptions.HopperTrainingProductOverlappedEpilogue"/>:
+    /// a tile's outputs wait in registers as 16-bit pairs and go out a chunk a k-tile) gives the staged epilogue's bits: the same
+    /// sums rounded the same way. Several tiles a CTA (up to 5 x 9 units at 1,000 x 2,200), K of 3 to 33 k-tiles (the chunks
+    /// left after a short loop), bias and alpha, the three layouts.
+    /// </summary>
+    [Theory]
+    [InlineData("nt", 1000, 2200, 2048, 256, true)]
+    [InlineData("nt", 1000, 2200, 136, 128, false)]
+    [InlineData("nn", 2048, 2048, 192, 256, true)]
+    [InlineData("tn", 1000, 2200, 512, 256, false)]
+    public void TheOverlappedEpilogueGivesTheStagedBits(string layout, int m, int n, int k, int columns, bool multicast)
+    {
+        using var overlapped = HopperBackend(columns, multicast, overlappedEpilogue: true);
+        using var staged = HopperBackend(columns, multicast);
+        var (av, bv, biasv, c0) = (Values(m * k, 1.0), Values(n * k, 0.05), Values(n, 0.5), Values(m * n, 1.0));
+        var product = new Product(DType.BF16, layout, m, n, k, n, 0.5, 0.0, biasv, null);
+        var got = product.Run(overlapped, av, bv, c0);
+        AssertRanOn(overlapped, DType.BF16, layout, columns, multicast);
+        var want = product.Run(staged, av, bv, c0);
+        Assert.Equal(want, got);
+        Assert.Contains(got, v => v != 0);
+    }
+
     /// <summary>The forward with the residual as an addend (an output or down projection's form): the beta term reads it.</summary>
     [Theory]
     [InlineData(true)]
@@ -251,7 +275,7 @@ public sealed class CudaHopperMatMulTests(CudaFixture fixture) : CudaTestBase(fi
 
     /// <summary>A backend with the Hopper training products at <paramref name="columns"/> a tile (in clusters of two sharing
     /// B by multicast, or not) and the op profiler; skips the test, saying why, on a device other than compute capability 9.0.</summary>
-    private CudaBackend HopperBackend(int columns, bool multicast)
+    private CudaBackend HopperBackend(int columns, bool multicast, bool overlappedEpilogue = false)
     {
         if (Gpu.CudaDevice.ComputeCapability != (9, 0))
             Assert.Skip($"gemm_hopper.cu needs compute capability 9.0 (wgmma, the tensor memory accelerator); this device is {Gpu.CudaDevice.Architecture}");
@@ -259,6 +283,7 @@ public sealed class CudaHopperMatMulTests(CudaFixture fixture) : CudaTestBase(fi
         {
             HopperTrainingProducts = true, HopperTrainingProductColumns = columns, HopperTrainingProductMulticast = multicast, ProfileOps = true,
             TimeHopperTrainingProducts = false,   // every fitting product on gemm_hopper, whichever is faster
+            HopperTrainingProductOverlappedEpilogue = overlappedEpilogue,
         });
     }
 
