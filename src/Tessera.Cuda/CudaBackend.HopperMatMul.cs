@@ -236,7 +236,7 @@ public sealed unsafe partial class CudaBackend
         ulong pbias = 0, pc = pgu;
         long ldc = ldgu;
         float al = 1f, be = 0f;
-        int staged = 1;
+        int staged = Options.HopperTrainingProductOverlappedEpilogue ? 2 : 1;   // 2: each tile's stores in the next tile's main loop
         void** args = stackalloc void*[] { xmap, wmap, gmap, umap, amap, &pbias, &pc, &pc, &m, &f, &k, &ldc, &al, &be, &staged };
         string kernel = $"gemm_hopper_swiglu{(cluster > 1 ? "_mc" : "")}_{Suffix(x.DType, "GateUpSwiGlu")}_n{columns}";
         LaunchHopperKernel(kernel, units, cluster, columns, args, $"{m}x{2 * f}x{k}");

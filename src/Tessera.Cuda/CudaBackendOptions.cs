@@ -91,7 +91,8 @@ public sealed record CudaBackendOptions
     /// C_in (beta 0, no addend) defers each tile's epilogue into the next tile's main loop: the outputs wait in registers as
     /// 16-bit pairs and one 64-column chunk goes to the tensor memory accelerator after each of the first k-tiles' products
     /// is issued, so the tensor cores are not idle while a tile is stored (at K = 2,048 a tile's main loop is 32 k-tiles and
-    /// the store is about a tenth of it). Default false until measured.
+    /// the store is about a tenth of it). The SwiGLU forward form (<see cref="CudaBackend.GateUpSwiGlu"/>) likewise, its six
+    /// stores a tile (gate, up and activation for each 64 outputs). Default false until measured.
     /// </summary>
     public bool HopperTrainingProductOverlappedEpilogue { get; init; }
 

@@ -178,12 +178,15 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
         // alpha and the bias applied and rounded to T, wait in `packed` (a lane's pairs, BN / 4 registers), and chunk q goes to
         // shared memory and the tensor memory accelerator right after k-tile q's products are issued, while they run; the
         // last tile a CTA takes stores as before.
-        const bool overlap = FORM == GH_PLAIN && staged == 2 && !load_in;
+        // The SwiGLU form likewise, its six chunks (gate, up, activation for each 64 outputs) from the rounded gate and up.
+        const bool overlap = (FORM == GH_PLAIN || SW) && staged == 2 && !load_in;
+        constexpr int CHUNKS = SW ? 3 * (BN / 2 / 64) : BN / 64;   // a tile's 64 x 64 stores
         unsigned packed[BN / 4];
         bool pending = false;                              // packed holds a tile not yet stored
-        int pn0 = 0, pmw = 0;                              // its first column and this warpgroup's first row
-        auto store_packed = [&](int q) {                   // chunk q (a compile-time constant where called) of the pending tile
-            const unsigned buf = ep + (q & 1) * EP;
+        int pn0 = 0, pmw = 0;                              // its first output column and this warpgroup's first row
+        auto store_packed = [&](int e) {                   // chunk e (a compile-time constant where called) of the pending tile
+            const unsigned buf = ep + (e & 1) * EP;
+            const int q = SW ? e / 3 : e, what = SW ? e % 3 : 0;   // SwiGLU: 64 outputs' gate, up or activation
             if (leader) bulk_wait_read<1>();               // the store that last read this buffer (two chunks ago) has read it
             warpgroup_barrier(wg);
 #pragma unroll
@@ -192,13 +195,20 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
                 for (int r = 0; r < 2; r++)
                 {
                     const int row = 16 * warp + g + 8 * r;
-                    sts_u32(buf + row * 128 + ((jj ^ (row & 7)) << 4) + c4 * 4, packed[2 * (8 * q + jj) + r]);
+                    unsigned v = packed[2 * (8 * q + jj) + r];
+                    if constexpr (SW)
+                    {
+                        const unsigned up = packed[2 * (8 * q + jj + BN / 16) + r];
+                        v = what == 0 ? v : what == 1 ? up
+                            : pack2<T>(silu(unpack_lo<T>(v)) * unpack_lo<T>(up), silu(unpack_hi<T>(v)) * unpack_hi<T>(up));
+                    }
+                    sts_u32(buf + row * 128 + ((jj ^ (row & 7)) << 4) + c4 * 4, v);
                 }
             fence_async_shared();
             warpgroup_barrier(wg);
             if (leader)
             {
-                tma_store_2d(cmap, pn0 + 64 * q, pmw, buf);
+                tma_store_2d(what == 0 ? cmap : what == 1 ? inmap : omap, pn0 + 64 * q, pmw, buf);
                 bulk_commit();
             }
         };
@@ -238,8 +248,8 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
                 if (pending)                               // the last tile's chunk kt while this k-tile's products run
                 {
 #pragma unroll
-                    for (int q = 0; q < BN / 64; q++)
-                        if (q == kt) store_packed(q);
+                    for (int e = 0; e < CHUNKS; e++)
+                        if (e == kt) store_packed(e);
                 }
                 wgmma_wait<1>();                           // k-tile i - 1's products are done: its stage goes back
                 if (kt > 0) hand_back((i - 1) % ST);
@@ -253,8 +263,8 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
             if (pending)                                   // fewer k-tiles than chunks: the rest of the last tile
             {
 #pragma unroll
-                for (int q = 0; q < BN / 64; q++)
-                    if (q >= ktiles) store_packed(q);
+                for (int e = 0; e < CHUNKS; e++)
+                    if (e >= ktiles) store_packed(e);
                 pending = false;
             }
             wgmma_wait<0>();
@@ -277,7 +287,7 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
                         packed[2 * j + r] = pack2<T>(v0, v1);
                     }
                 pending = true;
-                pn0 = n0;
+                pn0 = SW ? tn * OUT : n0;
                 pmw = mw;
                 continue;
             }

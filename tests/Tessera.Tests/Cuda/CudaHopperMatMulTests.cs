@@ -173,9 +173,11 @@ public sealed class CudaHopperMatMulTests(CudaFixture fixture) : CudaTestBase(fi
     [InlineData(300, 200, 136, true)]
     [InlineData(2048, 8192, 2048, true)]    // llama-1b's MLP at 2,048 tokens
     [InlineData(256, 136, 448, false)]
-    public void GateUpSwiGluMatchesTheProductThenSwiGlu(int m, int f, int k, bool multicast)
+    [InlineData(2048, 8192, 2048, true, true)]   // each tile's stores deferred into the next tile's main loop
+    [InlineData(300, 200, 136, false, true)]     // 3 k-tiles: half a tile's stores after the loop
+    public void GateUpSwiGluMatchesTheProductThenSwiGlu(int m, int f, int k, bool multicast, bool overlappedEpilogue = false)
     {
-        using var hopper = HopperBackend(256, multicast);
+        using var hopper = HopperBackend(256, multicast, overlappedEpilogue);
         var (xv, wv) = (Values(m * k, 1.0), Values(2 * f * k, 0.05));
         var (gu0, a0) = (Values(m * (2 * f + 8), 1.0), Values(m * (f + 8), 1.0));
         (double[] GateUp, double[] Activated, double[] FromGateUp) Run(CudaBackend backend)

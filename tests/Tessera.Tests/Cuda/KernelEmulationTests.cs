@@ -172,7 +172,9 @@ public sealed class KernelEmulationTests
              "gemm_hopper_dswiglu M=256 F=520 C=448 ctas=2: pads, gu unchanged", "gemm_hopper_dswiglu_mc M=130 F=264 C=64 ctas=4: = SwiGluBackward of the stored dA, bits",
              "gemm_hopper_dswiglu_mc M=256 F=256 C=320 ctas=2", "gemm_hopper_nt M=300 N=520 K=200 BN=256 ctas=2 bias=1 beta=0 overlapped",
              "gemm_hopper_nt_mc M=256 N=384 K=64 BN=128 ctas=2 bias=0 beta=0 overlapped: pads", "gemm_hopper_nn M=300 N=520 K=136 BN=256 ctas=1 bias=0 beta=0 overlapped",
-             "gemm_hopper_tn_mc M=264 N=520 K=448 BN=256 ctas=2 bias=1 beta=0 overlapped"]);
+             "gemm_hopper_tn_mc M=264 N=520 K=448 BN=256 ctas=2 bias=1 beta=0 overlapped",
+             "gemm_hopper_swiglu M=300 F=200 K=136 ctas=2 overlapped: activation = SiLU(gate) * up, bits",
+             "gemm_hopper_swiglu_mc M=256 F=392 K=448 ctas=2 overlapped", "gemm_hopper_swiglu_mc M=256 F=392 K=448 ctas=2 overlapped: pads"]);
 
     /// <summary>
     /// Decoding's persistent matrix-vector kernels (gemv.cu) and the int8 dequantization (quantized.cu): the int8-weight form

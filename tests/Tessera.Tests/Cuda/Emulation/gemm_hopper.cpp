@@ -105,7 +105,7 @@ static void run(const char* layout, int M, int N, int K, int BN, int ctas, bool 
 // activation (M, F), as the product into gu then SwiGluForward: gu against a double reference (8e-3 of the largest, a bf16
 // store), and the activation bit for bit against SiLU(gate) * up computed here from the gate and up values the kernel stored
 // (SwiGluForward's formula: fp32 from the rounded halves, rounded once); gu's and the activation's row padding untouched.
-static void run_swiglu(int M, int F, int K, int ctas, int cluster)
+static void run_swiglu(int M, int F, int K, int ctas, int cluster, int staged = 1)
 {
     const unsigned seed = 77 + M * 5 + F * 3 + K + ctas + cluster;
     std::mt19937 rng(seed);
@@ -132,7 +132,7 @@ static void run_swiglu(int M, int F, int K, int ctas, int cluster)
     bf16* pg = gu.data();
     long long lg = ldg;
     auto body = [&](auto kernel) {
-        return [&, kernel] { kernel(xm, wm, gm, um, am, nullptr, pg, pg, M, F, K, lg, 1.f, 0.f, 1); };
+        return [&, kernel] { kernel(xm, wm, gm, um, am, nullptr, pg, pg, M, F, K, lg, 1.f, 0.f, staged); };
     };
     if (cluster == 1) emu_launch(ctas, 384, body(gemm_hopper_swiglu_bf16_n256));
     else emu_launch_cluster(ctas, cluster, 384, body(gemm_hopper_swiglu_mc_bf16_n256));
@@ -150,7 +150,8 @@ static void run_swiglu(int M, int F, int K, int ctas, int cluster)
         for (int f = F; f < lda; f++) pads &= act[(size_t)m * lda + f].x == a0[(size_t)m * lda + f].x;
     }
     char name[120], extra[40];
-    snprintf(name, sizeof name, "gemm_hopper_swiglu%s M=%d F=%d K=%d ctas=%d", cluster > 1 ? "_mc" : "", M, F, K, ctas);
+    snprintf(name, sizeof name, "gemm_hopper_swiglu%s M=%d F=%d K=%d ctas=%d%s", cluster > 1 ? "_mc" : "", M, F, K, ctas,
+             staged == 2 ? " overlapped" : "");
     snprintf(extra, sizeof extra, " (seed %u)", seed);
     report_error(name, 72, errors_of(e.data(), got.data(), e.size()).relative(), 8e-3, "rel err", extra);
     printf("%-72s %s\n", (std::string(name) + ": activation = SiLU(gate) * up, bits").c_str(), bits ? "ok" : "FAIL");
@@ -263,6 +264,8 @@ int main()
     run_swiglu(300, 200, 136, 2, 1);
     run_swiglu(256, 136, 448, 2, 2);
     run_swiglu(130, 264, 200, 4, 2);
+    run_swiglu(300, 200, 136, 2, 1, 2);   // the epilogue deferred into the next tile: 3 k-tiles, so 3 of 6 chunks after the loop
+    run_swiglu(256, 392, 448, 2, 2, 2);   // 7 k-tiles: every chunk under the next tile's products
     // The SwiGLU gradient form: F short of a tile (g's boxes past F read u's first columns, whose gradients are not stored),
     // more tiles than CTAs (g and u of the next tile's first chunks load under the last k-tiles), one k-tile, clusters.
     run_dswiglu(300, 200, 136, 2, 1);
