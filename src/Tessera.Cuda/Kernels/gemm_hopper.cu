@@ -31,6 +31,9 @@
 #define GH_BK 64
 #define GH_THREADS 384
 #define GH_GROUP 8   // tiles of rows walked before the next tile of columns
+// Lambdas inlined where called, as CUTLASS's device lambdas are: a chunk index known at compile time keeps a register array
+// in registers (left a call, the compiler indexes it at run time, in local memory).
+#define GH_INLINE __attribute__((always_inline))
 
 // Tile t of the walk: row tile tm, column tile tn.
 __device__ __forceinline__ void gh_tile(int t, int tiles_m, int tiles_n, int& tm, int& tn)
@@ -176,15 +179,16 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
         float acc[BN / 2];
         // Staged = 2 (the plain form without C_in): a tile's epilogue is deferred into the next tile's main loop. Its outputs,
         // alpha and the bias applied and rounded to T, wait in `packed` (a lane's pairs, BN / 4 registers), and chunk q goes to
-        // shared memory and the tensor memory accelerator right after k-tile q's products are issued, while they run; the
-        // last tile a CTA takes stores as before.
+        // shared memory and the tensor memory accelerator right after the next tile's k-tile q's products are issued, while
+        // they run (those k-tiles unrolled, so no register of `packed` is live in the steady main loop); the last tile a CTA
+        // takes stores as before.
         // The SwiGLU form likewise, its six chunks (gate, up, activation for each 64 outputs) from the rounded gate and up.
         const bool overlap = (FORM == GH_PLAIN || SW) && staged == 2 && !load_in;
         constexpr int CHUNKS = SW ? 3 * (BN / 2 / 64) : BN / 64;   // a tile's 64 x 64 stores
         unsigned packed[BN / 4];
         bool pending = false;                              // packed holds a tile not yet stored
         int pn0 = 0, pmw = 0;                              // its first output column and this warpgroup's first row
-        auto store_packed = [&](int e) {                   // chunk e (a compile-time constant where called) of the pending tile
+        auto store_packed = [&](int e) GH_INLINE {         // chunk e (a compile-time constant where called) of the pending tile
             const unsigned buf = ep + (e & 1) * EP;
             const int q = SW ? e / 3 : e, what = SW ? e % 3 : 0;   // SwiGLU: 64 outputs' gate, up or activation
             if (leader) bulk_wait_read<1>();               // the store that last read this buffer (two chunks ago) has read it
@@ -230,8 +234,9 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
                 }
                 else tma_load_2d(ep + (q & 1) * EP, inmap, n0 + 64 * q, mw, in_bar(w, q & 1));
             };
-            for (int kt = 0; kt < ktiles; kt++, i++)
-            {
+            // K-tile kt's products issued once its stage has landed; then retired: k-tile i - 1's products are done and its
+            // stage goes back (with C_in, the first two chunks' loads go under the last k-tiles).
+            auto issue = [&](int kt) GH_INLINE {
                 const int s = i % ST;
                 mbar_wait(full(s), (i / ST) & 1);
                 const unsigned sa = smem + s * STAGE;
@@ -245,12 +250,8 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
                 for (int kk = 0; kk < GH_BK / 16; kk++)
                     WgmmaSs<T, BN>::template run<TA, TB>(acc, desc_plus(ad, kk * astep), desc_plus(bd, kk * bstep), kt > 0 || kk > 0);
                 wgmma_commit();
-                if (pending)                               // the last tile's chunk kt while this k-tile's products run
-                {
-#pragma unroll
-                    for (int e = 0; e < CHUNKS; e++)
-                        if (e == kt) store_packed(e);
-                }
+            };
+            auto retire = [&](int kt) GH_INLINE {
                 wgmma_wait<1>();                           // k-tile i - 1's products are done: its stage goes back
                 if (kt > 0) hand_back((i - 1) % ST);
                 if (load_in && leader && kt == (ktiles > 1 ? ktiles - 2 : 0))
@@ -259,13 +260,29 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
                     load_in_chunk(0);                      // the first two chunks' C_in load under the last k-tiles
                     load_in_chunk(1);
                 }
-            }
-            if (pending)                                   // fewer k-tiles than chunks: the rest of the last tile
+                i++;
+            };
+            int kt = 0;
+            if (pending)
             {
+                // The last tile's chunks, chunk e right after k-tile e's products are issued, while they run (unrolled, so
+                // each chunk's registers are named at compile time and free once it is stored); those past this tile's
+                // k-tiles after them.
 #pragma unroll
                 for (int e = 0; e < CHUNKS; e++)
-                    if (e >= ktiles) store_packed(e);
+                {
+                    const bool mma = e < ktiles;
+                    if (mma) issue(e);
+                    store_packed(e);
+                    if (mma) retire(e);
+                }
+                kt = min(ktiles, CHUNKS);
                 pending = false;
+            }
+            for (; kt < ktiles; kt++)
+            {
+                issue(kt);
+                retire(kt);
             }
             wgmma_wait<0>();
             fence_registers<BN / 2>(acc);
@@ -286,6 +303,7 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
                         }
                         packed[2 * j + r] = pack2<T>(v0, v1);
                     }
+                fence_registers<BN / 4>(packed);           // packed from the accumulators before the next tile's products
                 pending = true;
                 pn0 = SW ? tn * OUT : n0;
                 pmw = mw;

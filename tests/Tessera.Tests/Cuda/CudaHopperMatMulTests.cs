@@ -1,4 +1,5 @@
 using Tessera.Cuda;
+using Tessera.Cuda.Compilation;
 using Tessera.Tensors;
 using Xunit;
 
@@ -46,25 +47,76 @@ public sealed class CudaHopperMatMulTests(CudaFixture fixture) : CudaTestBase(fi
     /// <summary>
     /// The epilogue deferred into the next tile's main loop (<see cref="CudaBackendOptions.HopperTrainingProductOverlappedEpilogue"/>:
     /// a tile's outputs wait in registers as 16-bit pairs and go out a chunk a k-tile) gives the staged epilogue's bits: the same
-    /// sums rounded the same way. Several tiles a CTA (up to 5 x 9 units at 1,000 x 2,200), K of 3 to 33 k-tiles (the chunks
-    /// left after a short loop), bias and alpha, the three layouts.
+    /// sums rounded the same way. Each shape has more units than a 132-SM device runs at once, so CTAs take several tiles and
+    /// defer all but their last (144 to 576 units); K of 1 to 32 k-tiles (at 1 and 3 k-tiles, fewer than a tile's chunks: the
+    /// rest stored after the loop); bias and alpha; the three layouts; bf16 and f16.
     /// </summary>
     [Theory]
-    [InlineData("nt", 1000, 2200, 2048, 256, true)]
-    [InlineData("nt", 1000, 2200, 136, 128, false)]
-    [InlineData("nn", 2048, 2048, 192, 256, true)]
-    [InlineData("tn", 1000, 2200, 512, 256, false)]
-    public void TheOverlappedEpilogueGivesTheStagedBits(string layout, int m, int n, int k, int columns, bool multicast)
+    [InlineData(DType.BF16, "nt", 4096, 2200, 2048, 256, true)]    // 16 x 9 units of two row tiles
+    [InlineData(DType.BF16, "nt", 4096, 2200, 64, 128, false)]     // 576 tiles, one k-tile: both chunks after it
+    [InlineData(DType.BF16, "nn", 4096, 2048, 192, 256, true)]     // 3 k-tiles, 4 chunks
+    [InlineData(DType.BF16, "tn", 4096, 2200, 512, 256, false)]    // 288 tiles
+    [InlineData(DType.F16, "nt", 4096, 1024, 256, 256, true)]
+    public void TheOverlappedEpilogueGivesTheStagedBits(DType dtype, string layout, int m, int n, int k, int columns, bool multicast)
     {
         using var overlapped = HopperBackend(columns, multicast, overlappedEpilogue: true);
         using var staged = HopperBackend(columns, multicast);
         var (av, bv, biasv, c0) = (Values(m * k, 1.0), Values(n * k, 0.05), Values(n, 0.5), Values(m * n, 1.0));
-        var product = new Product(DType.BF16, layout, m, n, k, n, 0.5, 0.0, biasv, null);
+        var product = new Product(dtype, layout, m, n, k, n, 0.5, 0.0, biasv, null);
         var got = product.Run(overlapped, av, bv, c0);
-        AssertRanOn(overlapped, DType.BF16, layout, columns, multicast);
+        AssertRanOn(overlapped, dtype, layout, columns, multicast);
         var want = product.Run(staged, av, bv, c0);
         Assert.Equal(want, got);
         Assert.Contains(got, v => v != 0);
+    }
+
+    /// <summary>
+    /// Every gemm_hopper kernel's registers and local memory at the shared memory the host launches it with, printed, and the
+    /// assembler's own report (--ptxas-options=-v: spills, and any warning that it serialized the wgmma pipeline). Fails if a
+    /// kernel spills to local memory: the consumers hold 128 accumulators (and with the overlapped epilogue 64 registers of the
+    /// last tile's outputs) under a 232-register budget, and a spill in the main loop is a slow kernel whatever its bits.
+    /// </summary>
+    [Fact]
+    public void NoKernelSpillsRegisters()
+    {
+        using var hopper = HopperBackend(256, true);
+        Assert.True(hopper.HopperTrainingProductsUnavailableReason is null, $"gemm_hopper does not compile here: {hopper.HopperTrainingProductsUnavailableReason}");
+        var output = TestContext.Current.TestOutputHelper;
+        var module = hopper.Kernels.Module("gemm_hopper.cu");
+        var kernels = new List<(string Name, int Columns)>();
+        foreach (var type in new[] { "bf16", "f16" })
+            foreach (var cluster in new[] { "", "_mc" })
+            {
+                foreach (var layout in new[] { "nt", "nn", "tn" })
+                    foreach (var columns in new[] { 256, 128 })
+                        kernels.Add(($"gemm_hopper_{layout}{cluster}_{type}_n{columns}", columns));
+                kernels.Add(($"gemm_hopper_swiglu{cluster}_{type}_n256", 256));
+                kernels.Add(($"gemm_hopper_dswiglu{cluster}_{type}_n256", 256));
+            }
+        var spilled = new List<string>();
+        foreach (var (name, columns) in kernels)
+        {
+            // The host's shared memory: the stages (4 of 48 KB at 256 columns, 6 of 32 KB at 128), four 8 KB epilogue buffers,
+            // their barriers, 1,024 bytes of alignment slack.
+            int stages = columns == 256 ? 4 : 6, shared = 1024 + stages * ((128 + columns) * 64 * 2 + 16) + 4 * (64 * 64 * 2 + 8);
+            var r = module.Resources(name, 384, shared);
+            output?.WriteLine($"{name}: {r.Registers} registers, {r.LocalBytes} bytes local, {shared} bytes shared, {r.CtasPerSm} CTA per SM");
+            if (r.LocalBytes != 0) spilled.Add($"{name} ({r.LocalBytes} bytes)");
+        }
+        string file = "gemm_hopper.cu";
+        try
+        {
+            hopper.Kernels.Compiler.CompileToCubin(KernelLibrary.ComposedSource(file), file, [.. hopper.Kernels.OptionsFor(file), "--ptxas-options=-v"], out string log);
+            foreach (var line in log.Split('\n'))
+                if (line.Contains("spill", StringComparison.OrdinalIgnoreCase) || line.Contains("warning", StringComparison.OrdinalIgnoreCase)
+                    || line.Contains("Compiling entry function", StringComparison.Ordinal)) output?.WriteLine(line.TrimEnd());
+        }
+        // An NVRTC without the option: the resources above stand alone. A compilation error of the file fails the test.
+        catch (Exception e) when (e is not KernelCompilationException || e.Message.Contains("ptxas-options", StringComparison.Ordinal))
+        {
+            output?.WriteLine("NVRTC took no --ptxas-options=-v here: " + e.Message);
+        }
+        Assert.True(spilled.Count == 0, "local memory (spills) in " + string.Join(", ", spilled));
     }
 
     /// <summary>The forward with the residual as an addend (an output or down projection's form): the beta term reads it.</summary>
@@ -173,8 +225,8 @@ public sealed class CudaHopperMatMulTests(CudaFixture fixture) : CudaTestBase(fi
     [InlineData(300, 200, 136, true)]
     [InlineData(2048, 8192, 2048, true)]    // llama-1b's MLP at 2,048 tokens
     [InlineData(256, 136, 448, false)]
-    [InlineData(2048, 8192, 2048, true, true)]   // each tile's stores deferred into the next tile's main loop
-    [InlineData(300, 200, 136, false, true)]     // 3 k-tiles: half a tile's stores after the loop
+    [InlineData(4096, 2048, 2048, true, true)]   // each tile's stores deferred into the next tile's main loop (256 units)
+    [InlineData(8192, 520, 136, false, true)]    // 320 tiles of 3 k-tiles: half a tile's stores after the loop
     public void GateUpSwiGluMatchesTheProductThenSwiGlu(int m, int f, int k, bool multicast, bool overlappedEpilogue = false)
     {
         using var hopper = HopperBackend(256, multicast, overlappedEpilogue);

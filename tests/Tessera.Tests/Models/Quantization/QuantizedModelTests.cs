@@ -81,13 +81,33 @@ public sealed class QuantizedModelTests : IDisposable
         var expected = Logits(reference, tokens);
         // The same weights in F64, summed in another order (the dequantized product against the reference's own): 1e-12.
         NumericAssert.Close(expected, Logits(quantized, tokens), 1e-12, $"{preset}: int8 logits against the dequantized model's");
-        // What quantization costs: each weight moves by at most max|row| / 254 (0.4 % of the row's largest). Through two blocks
-        // of uniform O(0.3) random weights (norm scales too, far rougher than a trained model's) that moved the logits by 2-7.5 %
-        // of their largest over ten seeds in development; 20 % bounds it, where a wrong scale or a lost row moves them by O(1).
-        // A trained model's figure is docs/benchmarks.md's.
+        // What quantization costs, weight by weight: each quantized weight moves from its stored value (the directory's, as
+        // loaded unquantized) by at most half a step, max|row| / 254 (the symmetric int8 grid's step is max|row| / 127; 1e-6 of
+        // slack for the F32 scale), which holds for every seed; a wrong scale or a lost row breaks it.
+        var stored = PretrainedModel.Load(dir, _cpu, DType.F64);
+        foreach (var p in quantized.Layout.Parameters)
+        {
+            if (p.Quantized is null) continue;
+            var (before, after) = (TestTensors.ToDoubles(_cpu, stored.Parameters[p.Name].Value), TestTensors.ToDoubles(_cpu, reference.Parameters[p.Name].Value));
+            int columns = p.Quantized.Columns;
+            for (int row = 0; row < before.Length / columns; row++)
+            {
+                double largest = 0;
+                for (int c = 0; c < columns; c++) largest = Math.Max(largest, Math.Abs(before[row * columns + c]));
+                for (int c = 0; c < columns; c++)
+                {
+                    double moved = Math.Abs(after[row * columns + c] - before[row * columns + c]);
+                    Assert.True(moved <= largest / 254 * (1 + 1e-6) + 1e-300, $"{p.Name}[{row}, {c}] moved by {moved:E3}, more than half a step of {largest / 127:E3}");
+                }
+            }
+        }
+        // Through two blocks of uniform O(0.3) random weights (norm scales too, far rougher than a trained model's) those moves
+        // took the logits 1.5-53 % of their largest over the clock seeds of session 45 (a CI run failed the earlier 20 % bound
+        // at 20.7 %), so the logits bound only catches a blow-up, as int4's does; the weight check above is the exact one,
+        // and a trained model's figure is docs/benchmarks.md's.
         double drift = NumericAssert.MaxRelativeError(Logits(original, tokens), expected);
         TestContext.Current.TestOutputHelper?.WriteLine($"{preset}: logits moved by {drift:P3} of their largest");
-        Assert.InRange(drift, 1e-6, 0.2);
+        Assert.InRange(drift, 1e-6, 1.5);
     }
 
     [Theory]
