@@ -287,7 +287,10 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
             wgmma_wait<0>();
             fence_registers<BN / 2>(acc);
             hand_back((i - 1) % ST);
-            if (overlap && u + step < units)               // a tile follows: this one's outputs wait in registers
+            // The epilogues that store rounded pairs (the SwiGLU form; a plain product staged without C_in): the outputs,
+            // alpha and the bias applied, packed to T's pairs, then stored a 64 x 64 chunk at a time through the two
+            // buffers in turn (store_packed), now or, with a tile to follow under the overlap, during its first k-tiles.
+            if (SW || (FORM == GH_PLAIN && staged && !load_in))
             {
 #pragma unroll
                 for (int j = 0; j < BN / 8; j++)
@@ -304,43 +307,15 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
                         packed[2 * j + r] = pack2<T>(v0, v1);
                     }
                 fence_registers<BN / 4>(packed);           // packed from the accumulators before the next tile's products
-                pending = true;
                 pn0 = SW ? tn * OUT : n0;
                 pmw = mw;
-                continue;
-            }
-            if constexpr (SW)
-            {
-                // Six chunks of 64 x 64 through the two buffers in turn: for each 64 outputs, their gate values (to gu's
-                // first half), their up values (its second half), then SiLU(gate) * up (to the activation).
-                const int f0 = tn * OUT;
-#pragma unroll
-                for (int e = 0; e < 3 * (OUT / 64); e++)
+                if (overlap && u + step < units)           // a tile follows: this one's outputs wait in registers
                 {
-                    const int q = e / 3, what = e % 3;
-                    const unsigned buf = ep + (e & 1) * EP;
-                    if (leader) bulk_wait_read<1>();       // the store that last read this buffer has read it
-                    warpgroup_barrier(wg);
-#pragma unroll
-                    for (int jj = 0; jj < 8; jj++)
-#pragma unroll
-                        for (int r = 0; r < 2; r++)
-                        {
-                            const int j = 8 * q + jj, row = 16 * warp + g + 8 * r;
-                            const unsigned gate = pack2<T>(acc[4 * j + 2 * r], acc[4 * j + 2 * r + 1]);
-                            const unsigned up = pack2<T>(acc[4 * (j + OUT / 8) + 2 * r], acc[4 * (j + OUT / 8) + 2 * r + 1]);
-                            const unsigned v = what == 0 ? gate : what == 1 ? up
-                                : pack2<T>(silu(unpack_lo<T>(gate)) * unpack_lo<T>(up), silu(unpack_hi<T>(gate)) * unpack_hi<T>(up));
-                            sts_u32(buf + row * 128 + ((jj ^ (row & 7)) << 4) + c4 * 4, v);
-                        }
-                    fence_async_shared();
-                    warpgroup_barrier(wg);
-                    if (leader)
-                    {
-                        tma_store_2d(what == 0 ? cmap : what == 1 ? inmap : omap, f0 + 64 * q, mw, buf);   // clipped at N and M
-                        bulk_commit();
-                    }
+                    pending = true;
+                    continue;
                 }
+#pragma unroll
+                for (int e = 0; e < CHUNKS; e++) store_packed(e);
             }
             else if constexpr (DS)
             {
@@ -387,30 +362,21 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
             }
             else if (staged)
             {
-                // 64 columns at a time into a swizzled 64 x 64 buffer (two a warpgroup, alternating), stored by the tensor
-                // memory accelerator while the warpgroup goes on: the next chunk, then the next tile's products. With beta,
-                // the buffer first holds C_in's box (loaded by the tensor memory accelerator), which each thread reads at
-                // the addresses it then writes.
+                // With beta: C_in's 64 x 64 boxes (loaded by the tensor memory accelerator two chunks ahead, the first two
+                // under the last k-tiles) in the two buffers in turn; each thread reads C_in at the addresses it then writes
+                // with alpha sum + bias + beta C_in, and the leader stores the chunk.
 #pragma unroll
                 for (int q = 0; q < BN / 64; q++)
                 {
                     const unsigned buf = ep + (q & 1) * EP;
-                    if (load_in)
-                    {
-                        mbar_wait(in_bar(w, q & 1), (in_phase >> (q & 1)) & 1u);
-                        in_phase ^= 1u << (q & 1);
-                    }
-                    else
-                    {
-                        if (leader) bulk_wait_read<1>();   // the store that last read this buffer (two chunks ago) has read it
-                        warpgroup_barrier(wg);
-                    }
+                    mbar_wait(in_bar(w, q & 1), (in_phase >> (q & 1)) & 1u);
+                    in_phase ^= 1u << (q & 1);
 #pragma unroll
                     for (int jj = 0; jj < 8; jj++)
 #pragma unroll
                         for (int r = 0; r < 2; r++)
                         {
-                            const int j = 8 * q + jj, row = 16 * warp + g + 8 * r, m = mw + row, n = n0 + 8 * j + 2 * c4;
+                            const int j = 8 * q + jj, row = 16 * warp + g + 8 * r, n = n0 + 8 * j + 2 * c4;
                             float v0 = alpha * acc[4 * j + 2 * r], v1 = alpha * acc[4 * j + 2 * r + 1];
                             if (bias)
                             {
@@ -419,13 +385,9 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
                             }
                             // columns 8 jj + 2 c4 (+ 1) of the chunk: bytes 16 jj + 4 c4 of the row, chunk jj swizzled by the row
                             const unsigned at = buf + row * 128 + ((jj ^ (row & 7)) << 4) + c4 * 4;
-                            if (load_in)
-                            {
-                                const unsigned old = lds_u32(at);   // zeros past M and N (the box's fill)
-                                v0 += beta * unpack_lo<T>(old);
-                                v1 += beta * unpack_hi<T>(old);
-                            }
-                            (void)m;
+                            const unsigned old = lds_u32(at);   // zeros past M and N (the box's fill)
+                            v0 += beta * unpack_lo<T>(old);
+                            v1 += beta * unpack_hi<T>(old);
                             sts_u32(at, pack2<T>(v0, v1));
                         }
                     fence_async_shared();                  // the buffer's writes become visible to the tensor memory accelerator
@@ -434,7 +396,7 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
                     {
                         tma_store_2d(cmap, n0 + 64 * q, mw, buf);   // rows past M and columns past N are not written
                         bulk_commit();
-                        if (load_in && q + 2 < BN / 64)
+                        if (q + 2 < BN / 64)
                         {
                             bulk_wait_read<0>();           // the store has read this buffer: chunk q + 2's C_in goes into it
                             load_in_chunk(q + 2);
