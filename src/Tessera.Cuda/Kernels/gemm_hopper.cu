@@ -23,8 +23,9 @@
 // - A consumer issues k-tile i's four k16 products, commits them, then waits until at most one group is in flight: k-tile
 //   i - 1's products are done, and it hands stage (i - 1) % ST back. After a tile's last k-tile it waits for all, hands
 //   the last stage back, and stores its 64 rows: staged (C's rows 16-byte aligned), 64 columns at a time into one of two
-//   swizzled 64 x 64 buffers of its own, each stored by the tensor memory accelerator while the warpgroup goes on; otherwise
-//   a lane's fragment pairs (hopper.cuh) straight to global memory as 32-bit stores.
+//   swizzled 64 x 64 buffers of its own, each stored by the tensor memory accelerator while the warpgroup goes on (with
+//   staged = 2, rounded to pairs in registers and stored a chunk after each of the next tile's first k-tiles is issued);
+//   otherwise a lane's fragment pairs (hopper.cuh) straight to global memory as 32-bit stores.
 // - Clusters of two (the _mc kernels): see the macro below.
 // Boxes past M, N or K arrive as zeros (the tensor map's bounds), so partial tiles need no masks but the stores'.
 #define GH_BM 128
