@@ -45,9 +45,10 @@ public sealed unsafe partial class CudaBackend
 
     /// <summary>The key of a product shape's timed choice between gemm_hopper.cu and cuBLASLt.</summary>
     /// <remarks>Staged: whether the output goes through the staged stores (the timing's scratch output is 16-byte aligned; a
-    /// call whose c is not takes the register stores, 15-20 % slower at K = 2,048, and is timed as its own shape).</remarks>
+    /// call whose c is not takes the register stores, 15-20 % slower at K = 2,048, and is timed as its own shape). Ldd: the row
+    /// stride of a fourth operand the epilogue reads (the SwiGLU gradient form's gateUp), 0 where there is none.</remarks>
     private readonly record struct HopperMatMulKey(DType DType, string Layout, int M, int N, int K, long Lda, long Ldb, long Ldc, bool Accumulates,
-        bool Bias, bool Staged);
+        bool Bias, bool Staged, long Ldd = 0);
 
     /// <summary>Whether a product's output can take the staged stores: c's rows (and C_in's) 16-byte aligned and N a multiple
     /// of 8 (an H100 wrote the last 16 bytes of a row whole, past an odd N: session 44).</summary>
@@ -256,7 +257,7 @@ public sealed unsafe partial class CudaBackend
         int m = dOutput.Size(0), f = dActivated.Size(1), c = dOutput.Size(1);
         if (!HopperSwiGluGradientFits(dOutput, downWeight, gateUp, dGateUp, dActivated)
             || !HopperFormChosen(new HopperMatMulKey(dOutput.DType, "dswiglu", m, f, c, dOutput.Stride(0), downWeight.Stride(0), dGateUp.Stride(0),
-                    false, false, true), () => TimeHopperSwiGluGradient(dOutput, downWeight, gateUp, dGateUp, dActivated)))
+                    false, false, true, gateUp.Stride(0)), () => TimeHopperSwiGluGradient(dOutput, downWeight, gateUp, dGateUp, dActivated)))
         {
             DownSwiGluBackwardComposition.Apply(this, dOutput, downWeight, gateUp, dGateUp, dActivated);
             return;
