@@ -314,7 +314,7 @@ public sealed unsafe partial class CudaBackend
         ulong pbias = 0, pc = pdgu;
         long ldc = lddgu;
         float al = 1f, be = 0f;
-        int staged = 1;
+        int staged = Options.HopperTrainingProductOverlappedEpilogue ? 2 : 1;   // 2: each tile's stores in the next tile's main loop
         void** args = stackalloc void*[] { ymap, wmap, dgmap, gumap, dumap, &pbias, &pc, &pc, &m, &f, &c, &ldc, &al, &be, &staged };
         string kernel = $"gemm_hopper_dswiglu{(cluster > 1 ? "_mc" : "")}_{Suffix(dy.DType, "DownSwiGluBackward")}_n{columns}";
         LaunchHopperKernel(kernel, units, cluster, columns, args, $"{m}x{f}x{c}");

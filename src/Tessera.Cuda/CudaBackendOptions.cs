@@ -92,7 +92,9 @@ public sealed record CudaBackendOptions
     /// 16-bit pairs and one 64-column chunk goes to the tensor memory accelerator after each of the first k-tiles' products
     /// is issued, so the tensor cores are not idle while a tile is stored (at K = 2,048 a tile's main loop is 32 k-tiles and
     /// the store is about a tenth of it). The SwiGLU forward form (<see cref="CudaBackend.GateUpSwiGlu"/>) likewise, its six
-    /// stores a tile (gate, up and activation for each 64 outputs). Default false until measured.
+    /// stores a tile (gate, up and activation for each 64 outputs), and the SwiGLU gradient form
+    /// (<see cref="CudaBackend.DownSwiGluBackward"/>) where a tile has more than 8 k-tiles, its eight chunks of dg and du with
+    /// their g and u loads. Default false until measured.
     /// </summary>
     public bool HopperTrainingProductOverlappedEpilogue { get; init; }
 

@@ -183,14 +183,65 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
         // shared memory and the tensor memory accelerator right after the next tile's k-tile q's products are issued, while
         // they run (those k-tiles unrolled, so no register of `packed` is live in the steady main loop); the last tile a CTA
         // takes stores as before.
-        // The SwiGLU form likewise, its six chunks (gate, up, activation for each 64 outputs) from the rounded gate and up.
-        const bool overlap = (FORM == GH_PLAIN || SW) && staged == 2 && !load_in;
-        constexpr int CHUNKS = SW ? 3 * (BN / 2 / 64) : BN / 64;   // a tile's 64 x 64 stores
+        // The SwiGLU form likewise, its six chunks (gate, up, activation for each 64 outputs) from the rounded gate and up; and
+        // the SwiGLU gradient form, its eight chunks of 32 columns from dA and the g and u loaded two chunks ahead, where a
+        // tile has more k-tiles than chunks (the next tile's first two g and u loads, at its k-tile ktiles - 2, then come after
+        // the pending tile's last chunk has been stored: with 8 k-tiles they would overwrite its g and u before it is read).
+        constexpr int CHUNKS = SW ? 3 * (BN / 2 / 64) : DS ? BN / 32 : BN / 64;   // a tile's stores: 64 x 64 (DS: 64 x 32 twice)
+        const bool overlap = staged == 2 && (DS ? ktiles > CHUNKS : !load_in);
+        // C_in's columns 64 q .. of the rows mw .. of the tile at column n0 into buffer q & 1 (the leader, once no store still
+        // reads it); GH_DSWIGLU: g's and u's columns 32 q .. (two 4 KB boxes) instead.
+        auto load_in_chunk = [&](int q, int n0, int mw) {
+            mbar_arrive_expect_tx(in_bar(w, q & 1), EP);
+            if constexpr (DS)
+            {
+                tma_load_2d(ep + (q & 1) * EP, inmap, n0 + 32 * q, mw, in_bar(w, q & 1));
+                tma_load_2d(ep + (q & 1) * EP + EP / 2, inmap, N + n0 + 32 * q, mw, in_bar(w, q & 1));
+            }
+            else tma_load_2d(ep + (q & 1) * EP, inmap, n0 + 64 * q, mw, in_bar(w, q & 1));
+        };
         unsigned packed[BN / 4];
         bool pending = false;                              // packed holds a tile not yet stored
         int pn0 = 0, pmw = 0;                              // its first output column and this warpgroup's first row
         auto store_packed = [&](int e) GH_INLINE {         // chunk e (a compile-time constant where called) of the pending tile
             const unsigned buf = ep + (e & 1) * EP;
+            if constexpr (DS)
+            {
+                // The buffer holds g's 64 x 32 box then u's: a thread reads the g and u of its dA pairs, writes dg and du over
+                // them, and the leader stores both boxes, then loads chunk e + 2's g and u into the buffer once they have read it.
+                mbar_wait(in_bar(w, e & 1), (in_phase >> (e & 1)) & 1u);
+                in_phase ^= 1u << (e & 1);
+#pragma unroll
+                for (int jj = 0; jj < 4; jj++)
+#pragma unroll
+                    for (int r = 0; r < 2; r++)
+                    {
+                        const int j = 4 * e + jj, row = 16 * warp + g + 8 * r;
+                        // columns 8 jj + 2 c4 (+ 1) of the box: bytes 16 jj + 4 c4 of its 64-byte row, in the 64-byte
+                        // swizzle (16-byte chunk jj of row r at jj ^ ((r >> 1) & 3))
+                        const unsigned at = buf + row * 64 + ((jj ^ ((row >> 1) & 3)) << 4) + c4 * 4;
+                        const unsigned gate = lds_u32(at), up = lds_u32(at + EP / 2), d = packed[2 * j + r];   // d: dA as stored
+                        float dg0, du0, dg1, du1;
+                        swiglu_grad(unpack_lo<T>(d), unpack_lo<T>(gate), unpack_lo<T>(up), dg0, du0);
+                        swiglu_grad(unpack_hi<T>(d), unpack_hi<T>(gate), unpack_hi<T>(up), dg1, du1);
+                        sts_u32(at, pack2<T>(dg0, dg1));
+                        sts_u32(at + EP / 2, pack2<T>(du0, du1));
+                    }
+                fence_async_shared();
+                warpgroup_barrier(wg);
+                if (leader)
+                {
+                    tma_store_2d(cmap, pn0 + 32 * e, pmw, buf);            // dg; clipped at F and M
+                    tma_store_2d(omap, pn0 + 32 * e, pmw, buf + EP / 2);   // du
+                    bulk_commit();
+                    if (e + 2 < CHUNKS)
+                    {
+                        bulk_wait_read<0>();               // both stores have read this buffer: chunk e + 2's g and u go into it
+                        load_in_chunk(e + 2, pn0, pmw);
+                    }
+                }
+                return;
+            }
             const int q = SW ? e / 3 : e, what = SW ? e % 3 : 0;   // SwiGLU: 64 outputs' gate, up or activation
             if (leader) bulk_wait_read<1>();               // the store that last read this buffer (two chunks ago) has read it
             warpgroup_barrier(wg);
@@ -224,17 +275,6 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
             gh_tile(u, units_m, tiles_n, um, tn);
             const int tm = um * CL + rank;
             const int n0 = tn * BN, mw = tm * GH_BM + 64 * w;   // this warpgroup's rows: mw ..
-            // C_in's columns 64 q .. of this warpgroup's rows into buffer q & 1 (the leader, once no store still reads it).
-            // GH_DSWIGLU: g's and u's columns 32 q .. (two 4 KB boxes) instead.
-            auto load_in_chunk = [&](int q) {
-                mbar_arrive_expect_tx(in_bar(w, q & 1), EP);
-                if constexpr (DS)
-                {
-                    tma_load_2d(ep + (q & 1) * EP, inmap, n0 + 32 * q, mw, in_bar(w, q & 1));
-                    tma_load_2d(ep + (q & 1) * EP + EP / 2, inmap, N + n0 + 32 * q, mw, in_bar(w, q & 1));
-                }
-                else tma_load_2d(ep + (q & 1) * EP, inmap, n0 + 64 * q, mw, in_bar(w, q & 1));
-            };
             // K-tile kt's products issued once its stage has landed; then retired: k-tile i - 1's products are done and its
             // stage goes back (with C_in, the first two chunks' loads go under the last k-tiles).
             auto issue = [&](int kt) GH_INLINE {
@@ -258,8 +298,8 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
                 if (load_in && leader && kt == (ktiles > 1 ? ktiles - 2 : 0))
                 {
                     bulk_wait_read<0>();                   // the last tile's stores have read both buffers
-                    load_in_chunk(0);                      // the first two chunks' C_in load under the last k-tiles
-                    load_in_chunk(1);
+                    load_in_chunk(0, n0, mw);              // the first two chunks' C_in load under the last k-tiles
+                    load_in_chunk(1, n0, mw);
                 }
                 i++;
             };
@@ -288,10 +328,10 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
             wgmma_wait<0>();
             fence_registers<BN / 2>(acc);
             hand_back((i - 1) % ST);
-            // The epilogues that store rounded pairs (the SwiGLU form; a plain product staged without C_in): the outputs,
-            // alpha and the bias applied, packed to T's pairs, then stored a 64 x 64 chunk at a time through the two
-            // buffers in turn (store_packed), now or, with a tile to follow under the overlap, during its first k-tiles.
-            if (SW || (FORM == GH_PLAIN && staged && !load_in))
+            // The epilogues that store rounded pairs (the SwiGLU forms; a plain product staged without C_in): the outputs,
+            // alpha and the bias applied, packed to T's pairs, then stored a chunk at a time through the two buffers in turn
+            // (store_packed), now or, with a tile to follow under the overlap, during its first k-tiles.
+            if (SW || DS || (FORM == GH_PLAIN && staged && !load_in))
             {
 #pragma unroll
                 for (int j = 0; j < BN / 8; j++)
@@ -317,49 +357,6 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
                 }
 #pragma unroll
                 for (int e = 0; e < CHUNKS; e++) store_packed(e);
-            }
-            else if constexpr (DS)
-            {
-                // Eight chunks of 32 columns through the two buffers in turn, each holding g's 64 x 32 box then u's (loaded
-                // two chunks ahead, the first two under the last k-tiles): a thread reads the g and u of its dA pairs, writes
-                // dg and du over them, and the leader stores both boxes.
-#pragma unroll
-                for (int q = 0; q < BN / 32; q++)
-                {
-                    const unsigned buf = ep + (q & 1) * EP;
-                    mbar_wait(in_bar(w, q & 1), (in_phase >> (q & 1)) & 1u);
-                    in_phase ^= 1u << (q & 1);
-#pragma unroll
-                    for (int jj = 0; jj < 4; jj++)
-#pragma unroll
-                        for (int r = 0; r < 2; r++)
-                        {
-                            const int j = 4 * q + jj, row = 16 * warp + g + 8 * r;
-                            // columns 8 jj + 2 c4 (+ 1) of the box: bytes 16 jj + 4 c4 of its 64-byte row, in the 64-byte
-                            // swizzle (16-byte chunk jj of row r at jj ^ ((r >> 1) & 3))
-                            const unsigned at = buf + row * 64 + ((jj ^ ((row >> 1) & 3)) << 4) + c4 * 4;
-                            const unsigned gate = lds_u32(at), up = lds_u32(at + EP / 2);
-                            const unsigned d = pack2<T>(acc[4 * j + 2 * r], acc[4 * j + 2 * r + 1]);   // dA as stored
-                            float dg0, du0, dg1, du1;
-                            swiglu_grad(unpack_lo<T>(d), unpack_lo<T>(gate), unpack_lo<T>(up), dg0, du0);
-                            swiglu_grad(unpack_hi<T>(d), unpack_hi<T>(gate), unpack_hi<T>(up), dg1, du1);
-                            sts_u32(at, pack2<T>(dg0, dg1));
-                            sts_u32(at + EP / 2, pack2<T>(du0, du1));
-                        }
-                    fence_async_shared();
-                    warpgroup_barrier(wg);
-                    if (leader)
-                    {
-                        tma_store_2d(cmap, n0 + 32 * q, mw, buf);            // dg; clipped at F and M
-                        tma_store_2d(omap, n0 + 32 * q, mw, buf + EP / 2);   // du
-                        bulk_commit();
-                        if (q + 2 < BN / 32)
-                        {
-                            bulk_wait_read<0>();           // both stores have read this buffer: chunk q + 2's g and u go into it
-                            load_in_chunk(q + 2);
-                        }
-                    }
-                }
             }
             else if (staged)
             {
@@ -400,7 +397,7 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
                         if (q + 2 < BN / 64)
                         {
                             bulk_wait_read<0>();           // the store has read this buffer: chunk q + 2's C_in goes into it
-                            load_in_chunk(q + 2);
+                            load_in_chunk(q + 2, n0, mw);
                         }
                     }
                 }
@@ -434,7 +431,7 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
 // rows of K) in boxes of 128 rows by 64 columns (nt, nn) or (K rows of M) in boxes of 64 by 64 (tn); b as stored, (N rows of K)
 // in boxes of BN / CL rows by 64 (nt) or (K rows of N) in boxes of 64 by 64 (nn, tn); c (M rows of N) in boxes of 64 rows by
 // 64 columns and inmap C_in likewise (read only when staged is nonzero; C_in's only with beta; staged = 2 defers each tile's
-// stores into the next tile's main loop, the plain form without C_in only). The _mc kernels run in thread-block clusters of 2 CTAs along x (the host
+// stores into the next tile's main loop: the plain form without C_in, the SwiGLU forms). The _mc kernels run in thread-block clusters of 2 CTAs along x (the host
 // launches them so, gridDim.x even): the pair's CTAs take two adjacent row tiles of one column tile, and each copies half of
 // B's tile into both (multicast), so each B tile crosses from L2 once for two CTAs (each k-tile's L2 traffic 32 KB a CTA
 // instead of 48 at 256 columns).

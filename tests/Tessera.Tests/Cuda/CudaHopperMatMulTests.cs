@@ -264,14 +264,19 @@ public sealed class CudaHopperMatMulTests(CudaFixture fixture) : CudaTestBase(fi
     /// composition (cuBLASLt, then SwiGluBackward) within 1e-2 norm-wise (a bf16 output from fp32 sums in another order), and
     /// bit for bit against <see cref="IBackend.SwiGluBackward"/> applied to the same backend's plain nn product (gemm_hopper's,
     /// the same sums); F short of a tile, in clusters of two and without, dGateUp's row padding untouched, gateUp unchanged.
+    /// Overlapped: each tile's epilogue deferred into the next tile's first k-tiles, which needs more tiles than the H100's
+    /// 132 SMs and more k-tiles than the eight chunks (at 8 it stores at once).
     /// </summary>
     [Theory]
-    [InlineData(300, 200, 136, true)]
-    [InlineData(2048, 8192, 2048, true)]    // llama-1b's MLP at 2,048 tokens
-    [InlineData(256, 520, 448, false)]
-    public void DownSwiGluBackwardMatchesTheProductThenSwiGluBackward(int m, int f, int c, bool multicast)
+    [InlineData(300, 200, 136, true, false)]
+    [InlineData(2048, 8192, 2048, true, false)]    // llama-1b's MLP at 2,048 tokens
+    [InlineData(256, 520, 448, false, false)]
+    [InlineData(2048, 8192, 2048, true, true)]
+    [InlineData(2048, 2600, 576, false, true)]     // 176 tiles of 9 k-tiles
+    [InlineData(2048, 2600, 512, false, true)]     // 8 k-tiles: stored at once
+    public void DownSwiGluBackwardMatchesTheProductThenSwiGluBackward(int m, int f, int c, bool multicast, bool overlapped)
     {
-        using var hopper = HopperBackend(256, multicast);
+        using var hopper = HopperBackend(256, multicast, overlapped);
         var (yv, wv, guv, d0) = (Values(m * c, 1.0), Values(c * f, 0.05), Values(m * (2 * f + 8), 2.0), Values(m * (2 * f + 8), 1.0));
         (double[] Dgu, double[] Composed, double[] Gu) Run(CudaBackend backend)
         {
@@ -302,7 +307,7 @@ public sealed class CudaHopperMatMulTests(CudaFixture fixture) : CudaTestBase(fi
             for (int col = 2 * f; col < 2 * f + 8; col++) Assert.Equal(sd0[r * (2 * f + 8) + col], fused.Dgu[r * (2 * f + 8) + col]);
         }
         Assert.Equal(sgu, fused.Gu);
-        AssertClose(want, got, Tolerance(DType.BF16), $"gemm_hopper_dswiglu dGateUp against cuBLASLt's {m}x{f}x{c} and SwiGluBackward, multicast {multicast}");
+        AssertClose(want, got, Tolerance(DType.BF16), $"gemm_hopper_dswiglu dGateUp against cuBLASLt's {m}x{f}x{c} and SwiGluBackward, multicast {multicast}, overlapped {overlapped}");
     }
 
     /// <summary>c (m, n), ld apart, = alpha op(a) op(b) + bias + beta c (or + the addend) in one of the three layouts; a and b
