@@ -149,7 +149,7 @@ public sealed class KernelEmulationTests
     /// swizzle, dg and du stored from it) against a double reference (2e-2: dA rounded to bf16 first, as the composition does)
     /// and bit for bit against SwiGluBackward's formula on the dA the plain nn kernel stores; and the epilogue deferred into the
     /// next tile's main loop (staged = 2: a tile's outputs wait in registers and go out a chunk a k-tile, the rest after a short
-    /// loop). The emulation
+    /// loop; the SwiGLU gradient form's with its g and u loads, at 9 and 11 k-tiles, and at 8, too few, stored at once). The emulation
     /// runs these products and the TMA stores when a wait retires their group (as late as the hardware may), so a stage or an
     /// epilogue buffer reused before its wait shows as a wrong result.
     /// </summary>
@@ -174,7 +174,10 @@ public sealed class KernelEmulationTests
              "gemm_hopper_nt_mc M=256 N=384 K=64 BN=128 ctas=2 bias=0 beta=0 overlapped: pads", "gemm_hopper_nn M=300 N=520 K=136 BN=256 ctas=1 bias=0 beta=0 overlapped",
              "gemm_hopper_tn_mc M=264 N=520 K=448 BN=256 ctas=2 bias=1 beta=0 overlapped",
              "gemm_hopper_swiglu M=300 F=200 K=136 ctas=2 overlapped: activation = SiLU(gate) * up, bits",
-             "gemm_hopper_swiglu_mc M=256 F=392 K=448 ctas=2 overlapped", "gemm_hopper_swiglu_mc M=256 F=392 K=448 ctas=2 overlapped: pads"]);
+             "gemm_hopper_swiglu_mc M=256 F=392 K=448 ctas=2 overlapped", "gemm_hopper_swiglu_mc M=256 F=392 K=448 ctas=2 overlapped: pads",
+             "gemm_hopper_dswiglu M=300 F=520 C=576 ctas=2 overlapped: = SwiGluBackward of the stored dA, bits",
+             "gemm_hopper_dswiglu_mc M=256 F=264 C=704 ctas=2 overlapped", "gemm_hopper_dswiglu_mc M=256 F=264 C=704 ctas=2 overlapped: pads, gu unchanged",
+             "gemm_hopper_dswiglu M=300 F=200 C=512 ctas=2 overlapped: = SwiGluBackward of the stored dA, bits"]);
 
     /// <summary>
     /// Decoding's persistent matrix-vector kernels (gemv.cu) and the int8 dequantization (quantized.cu): the int8-weight form
