@@ -116,9 +116,13 @@ public sealed class KernelLibrary : IDisposable
 
     /// <summary>NVRTC options for module <paramref name="moduleName"/> on this device: sm_90a for an
     /// <see cref="ArchitectureSpecificFiles"/> entry (or its variant) on a 9.0 device, the device's architecture otherwise.</summary>
-    public IReadOnlyList<string> OptionsFor(string moduleName)
+    public IReadOnlyList<string> OptionsFor(string moduleName) => OptionsFor(_device.Architecture, moduleName);
+
+    /// <summary>NVRTC options for module <paramref name="moduleName"/> on a device of <paramref name="deviceArchitecture"/>
+    /// ("sm_90"): what <see cref="OptionsFor(string)"/> gives there, for compiling without the device.</summary>
+    public static IReadOnlyList<string> OptionsFor(string deviceArchitecture, string moduleName)
     {
-        string architecture = _device.Architecture;
+        string architecture = deviceArchitecture;
         if (architecture == "sm_90" && ArchitectureSpecificFiles.Contains(Parse(moduleName).File)) architecture += "a";
         return [$"--gpu-architecture={architecture}", "--std=c++17", "-default-device"];
     }

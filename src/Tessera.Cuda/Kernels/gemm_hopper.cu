@@ -417,6 +417,12 @@ __device__ void gemm_hopper(const TensorMap* amap, const TensorMap* bmap, const 
                         gh_store_pair(row, in, n0 + 8 * j + 2 * c4, N, acc[4 * j + 2 * r], acc[4 * j + 2 * r + 1], alpha, bias, beta);
                 }
             }
+            // No tile is pending here, so `packed` is written (values never read) to end its registers' life: the next tile's
+            // read of them under `if (pending)` would otherwise keep them live from their last write through every main loop
+            // and the C_in epilogue, 64 registers beside the 128 accumulators (NVRTC 12.4's assembler spilled in the C_in
+            // epilogue of the 256-column plain kernels).
+#pragma unroll
+            for (int p = 0; p < BN / 4; p++) packed[p] = 0u;
         }
         if ((staged || DS) && leader) bulk_wait<0>();              // the last stores are done before the CTA (their source) goes
     }
