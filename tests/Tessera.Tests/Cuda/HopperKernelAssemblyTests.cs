@@ -1,4 +1,3 @@
-using System.Text.RegularExpressions;
 using Tessera.Cuda.Interop;
 using Tessera.Cuda.Compilation;
 using Xunit;
@@ -20,7 +19,7 @@ namespace Tessera.Tests.Cuda;
 /// </list>
 /// Every kernel's registers and spills are printed.
 /// </summary>
-public sealed partial class HopperKernelAssemblyTests
+public sealed class HopperKernelAssemblyTests
 {
     [Theory]
     [InlineData("gemm_hopper.cu", 0)]
@@ -43,8 +42,7 @@ public sealed partial class HopperKernelAssemblyTests
         var report = AssemblerReport.Parse(log);
         var output = TestContext.Current.TestOutputHelper;
         output?.WriteLine($"NVRTC {compiler.Version}, {string.Join(' ', options)}");
-        foreach (var k in report.Kernels)
-            output?.WriteLine($"{k.Name}: {k.Registers} registers, {k.SpillStoreBytes} bytes spill stores{(report.Serialized.Contains(k.Name) ? ", wgmma serialized (C7515)" : "")}");
+        foreach (var k in report.Kernels) output?.WriteLine(report.Describe(k));
         Assert.True(report.Kernels.Count > 0, $"the assembler reported no kernel of {file}: {log}");
         Assert.True(report.Serialized.Count == 0, $"wgmma serialized (C7515) in {string.Join(", ", report.Serialized)}");
         var spilled = report.Kernels.Where(k => k.SpillStoreBytes > spillBytesAllowed).Select(k => $"{k.Name} ({k.SpillStoreBytes} bytes)").ToList();
@@ -70,43 +68,5 @@ public sealed partial class HopperKernelAssemblyTests
         var report = AssemblerReport.Parse(log);
         Assert.Equal([("k_a", 168, 0), ("k_b", 255, 84)], report.Kernels.Select(k => (k.Name, k.Registers, k.SpillStoreBytes)));
         Assert.Equal(["k_b"], report.Serialized);
-    }
-
-    private sealed record KernelResources(string Name, int Registers, int SpillStoreBytes);
-
-    /// <summary>The kernels of an assembler report (in order) and those whose wgmma it serialized.</summary>
-    private sealed partial record AssemblerReport(List<KernelResources> Kernels, List<string> Serialized)
-    {
-        public static AssemblerReport Parse(string log)
-        {
-            var kernels = new List<KernelResources>();
-            var serialized = new List<string>();
-            string? name = null;
-            int spill = 0;
-            foreach (var line in log.Split('\n'))
-            {
-                if (Serialization().Match(line) is { Success: true } s) serialized.Add(s.Groups[1].Value);
-                else if (Entry().Match(line) is { Success: true } e) (name, spill) = (e.Groups[1].Value, 0);
-                else if (Spills().Match(line) is { Success: true } p) spill = int.Parse(p.Groups[1].Value);
-                else if (Registers().Match(line) is { Success: true } r && name is not null)
-                {
-                    kernels.Add(new KernelResources(name, int.Parse(r.Groups[1].Value), spill));
-                    name = null;
-                }
-            }
-            return new AssemblerReport(kernels, serialized);
-        }
-
-        [GeneratedRegex(@"\(C7515\).*in the function '([A-Za-z0-9_]+)'")]
-        private static partial Regex Serialization();
-
-        [GeneratedRegex(@"Compiling entry function '([A-Za-z0-9_]+)'")]
-        private static partial Regex Entry();
-
-        [GeneratedRegex(@"(\d+) bytes spill stores")]
-        private static partial Regex Spills();
-
-        [GeneratedRegex(@"Used (\d+) registers")]
-        private static partial Regex Registers();
     }
 }
