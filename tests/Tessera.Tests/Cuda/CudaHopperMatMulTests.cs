@@ -75,7 +75,7 @@ public sealed class CudaHopperMatMulTests(CudaFixture fixture) : CudaTestBase(fi
     /// assembler's own report (--ptxas-options=-v: spills, and any warning that it serialized the wgmma pipeline). Fails if a
     /// kernel spills to local memory (the consumers hold 128 accumulators, and with the overlapped epilogue 64 registers of the
     /// last tile's outputs, under a 232-register budget: a spill in the main loop is a slow kernel whatever its bits) or the
-    /// assembler serialized its wgmma (C7515: every product then waits for the one before). HopperKernelAssemblyTests checks
+    /// assembler serialized its wgmma (C7515: every product then waits for the one before). KernelAssemblyTests checks
     /// the same wherever NVRTC is, without a GPU; this one reads the loaded module's resources too.
     /// </summary>
     [Fact]
