@@ -13,9 +13,11 @@ namespace Tessera.Tests.Cuda;
 /// (<see cref="KernelSourceTests"/>) and the CPU emulation cannot see: NVRTC's own compile, and the register allocation.
 /// Each kernel must show
 /// <list type="bullet">
-/// <item>no warning C7515: wgmma serialized, because an instruction other than a wgmma writes an accumulator register
-/// inside a pipeline stage, so each product waits for the one before (every gemm_hopper kernel had it at session 44's
-/// commits under NVRTC 12.4);</item>
+/// <item>no wgmma serialized, so that each product waits for the one before: warning C7515 (an instruction other than a
+/// wgmma writes an accumulator register inside a pipeline stage: every gemm_hopper kernel had it at session 44's commits
+/// under NVRTC 12.4) or C7513 (an input register of a product in flight written, or too few registers: the pipelined
+/// attention forward had it until its mask was written without branches), but for the kernels of
+/// <see cref="SerializationAllowed"/>;</item>
 /// <item>no more spill stores than its module's bound (<see cref="SpillBytesAllowed"/>): none, but for the few kernels that
 /// spilled a little when this test was written, bounded at what they spilled so that any growth fails.</item>
 /// </list>
@@ -36,6 +38,14 @@ public sealed class KernelAssemblyTests
         ["flash_attention.cu"] = 4, ["flash_attention_hopper.cu"] = 20, ["gemv.cu"] = 16, ["moe.cu"] = 8, ["norm.cu"] = 12,
         ["sampling_cluster.cu"] = 12, ["paged_attention.cu"] = 36,
     };
+
+    /// <summary>
+    /// The kernels whose wgmma the assembler serializes and may: the v2x build of the second Hopper attention backward at
+    /// head size 64 (C7513, too few registers: it keeps a dQ tile beside the key block's products), which serves only
+    /// <see cref="Tessera.Cuda.CudaBackendOptions.HopperBackwardVariant"/> 5, 7 and 8, measured slower and never chosen by default.
+    /// </summary>
+    private static readonly HashSet<string> SerializationAllowed =
+        ["flash_backward_hopper_v2x_bf16_d64", "flash_backward_hopper_v2x_f16_d64"];
 
     [Theory]
     [MemberData(nameof(KernelSourceTests.KernelFiles), MemberType = typeof(KernelSourceTests))]
@@ -59,7 +69,8 @@ public sealed class KernelAssemblyTests
         output?.WriteLine($"NVRTC {compiler.Version}, {string.Join(' ', options)}");
         foreach (var k in report.Kernels) output?.WriteLine(report.Describe(k));
         Assert.True(report.Kernels.Count > 0, $"the assembler reported no kernel of {module}: {log}");
-        Assert.True(report.Serialized.Count == 0, $"wgmma serialized (C7515) in {string.Join(", ", report.Serialized)}");
+        var serialized = report.Serialized.Where(k => !SerializationAllowed.Contains(k)).Select(k => $"{k} ({report.Why[k]})").ToList();
+        Assert.True(serialized.Count == 0, $"wgmma serialized in {string.Join(", ", serialized)}");
         var spilled = report.Kernels.Where(k => k.SpillStoreBytes > allowed).Select(k => $"{k.Name} ({k.SpillStoreBytes} bytes)").ToList();
         Assert.True(spilled.Count == 0, $"more than {allowed} bytes of spill stores in {string.Join(", ", spilled)}");
     }
@@ -79,9 +90,12 @@ public sealed class KernelAssemblyTests
             ptxas info    : Function properties for k_b
             ptxas         .     16 bytes stack frame, 84 bytes spill stores, 88 bytes spill loads
             ptxas info    : Used 255 registers, 16 bytes cumulative stack size
+            ptxas info    : (C7513) Potential Performance Loss: wgmma.mma_async instructions are serialized due to insufficient register resources for the function 'k_c'
             """;
         var report = AssemblerReport.Parse(log);
         Assert.Equal([("k_a", 168, 0), ("k_b", 255, 84)], report.Kernels.Select(k => (k.Name, k.Registers, k.SpillStoreBytes)));
-        Assert.Equal(["k_b"], report.Serialized);
+        Assert.Equal(["k_b", "k_c"], report.Serialized);
+        Assert.Equal("C7515: non wgmma instructions defining accumulator registers of a wgmma between start and end of the pipeline stage", report.Why["k_b"]);
+        Assert.Equal("C7513: insufficient register resources", report.Why["k_c"]);
     }
 }
