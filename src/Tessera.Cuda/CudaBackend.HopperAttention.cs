@@ -62,16 +62,6 @@ public sealed unsafe partial class CudaBackend
     /// <see cref="CudaBackendOptions.HopperAttentionWarpgroups"/>, or where it is 0 one at head size 64 and two at 128.</summary>
     private int HopperForwardWarpgroups(int d) => Options.HopperAttentionWarpgroups is 0 ? (d == 64 ? 1 : 2) : Options.HopperAttentionWarpgroups;
 
-    /// <summary>The dense forward's kernel and warpgroups a CTA at head size <paramref name="d"/>: the pipelined one-warpgroup
-    /// tile under <see cref="CudaBackendOptions.HopperAttentionForwardPipelined"/>, else the tile of
-    /// <see cref="HopperForwardWarpgroups"/> warpgroups.</summary>
-    private (string Kernel, int Warpgroups) HopperDenseForwardKernel(DType dtype, int d)
-    {
-        if (Options.HopperAttentionForwardPipelined) return ("flash_forward_hopper_pipe_" + FlashSuffix(dtype, d), 1);
-        int wgs = HopperForwardWarpgroups(d);
-        return ("flash_forward_hopper_" + (wgs == 1 ? "wg1_" : "") + FlashSuffix(dtype, d), wgs);
-    }
-
     /// <summary>The Hopper forward tile's dynamic shared memory for <paramref name="rows"/> query rows at head size
     /// <paramref name="d"/>: 1,024 bytes of alignment slack, the Q tile and two stages of K and V (16-bit values).</summary>
     private static uint HopperForwardShared(int rows, int d) => (uint)(1024 + (rows + 4 * HopperKeys) * d * 2);
@@ -80,9 +70,9 @@ public sealed unsafe partial class CudaBackend
         Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, float sc, ulong starts)
     {
         void** args = stackalloc void*[] { &pq, &pk, &pv, &po, &pl, &t, &s, &h, &kh, &sq, &sk, &sv, &so, &sc, &starts };
-        var (kernel, wgs) = HopperDenseForwardKernel(dtype, d);
-        int rows = HopperWarpgroupRows * wgs;
+        int wgs = HopperForwardWarpgroups(d), rows = HopperWarpgroupRows * wgs;
         uint shared = HopperForwardShared(rows, d);
+        string kernel = "flash_forward_hopper_" + (wgs == 1 ? "wg1_" : "") + FlashSuffix(dtype, d);
         PreferSharedMemory(HopperFile, kernel);
         Launch(HopperFile, kernel, ((uint)((t + rows - 1) / rows), (uint)h, (uint)b), (uint)(HopperWarpgroupThreads * wgs), args, shared);
     }

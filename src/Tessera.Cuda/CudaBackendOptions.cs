@@ -335,16 +335,6 @@ public sealed record CudaBackendOptions
     public bool HopperAttention { get; init; } = true;
 
     /// <summary>
-    /// The dense Hopper attention forward (training, the KV-cache prefill) on the pipelined tile
-    /// (<c>flash_forward_hopper_pipe</c>, flash_attention_hopper.cu: one warpgroup of 64 query rows a CTA, key block n's
-    /// Q K^T issued with block n - 1's P V and its softmax run while that product does, after FlashAttention-3's
-    /// intra-warpgroup pipelining) in place of the one- or two-warpgroup tile of <see cref="HopperAttentionWarpgroups"/>.
-    /// The same operations in the same order a block: the same outputs bit for bit. Default false until it is measured on
-    /// the device (ncu put 13 % of the plain tile's warp samples on its waits for the two products, one at a time).
-    /// </summary>
-    public bool HopperAttentionForwardPipelined { get; init; }
-
-    /// <summary>
     /// The attention backward of the same calls runs on the Hopper kernel (flash_attention_hopper.cu) on a compute capability
     /// 9.0 device; false keeps the FlashAttention-2 backward. Independent of <see cref="HopperAttention"/> (the backward's
     /// contract is the same whichever forward ran). Default true: its GPU tests passed on the H200 and with CTAs of one
@@ -606,7 +596,6 @@ public sealed record CudaBackendOptions
         if (ProgrammaticDependentLaunch != d.ProgrammaticDependentLaunch) parts.Add($"{nameof(ProgrammaticDependentLaunch)}={Bool(ProgrammaticDependentLaunch)}");
         if (SpecializedPagedAttention != d.SpecializedPagedAttention) parts.Add($"{nameof(SpecializedPagedAttention)}={Bool(SpecializedPagedAttention)}");
         if (HopperAttention != d.HopperAttention) parts.Add($"{nameof(HopperAttention)}={Bool(HopperAttention)}");
-        if (HopperAttentionForwardPipelined != d.HopperAttentionForwardPipelined) parts.Add($"{nameof(HopperAttentionForwardPipelined)}={Bool(HopperAttentionForwardPipelined)}");
         if (HopperAttentionBackward != d.HopperAttentionBackward) parts.Add($"{nameof(HopperAttentionBackward)}={Bool(HopperAttentionBackward)}");
         if (HopperAttentionWarpgroups != d.HopperAttentionWarpgroups) parts.Add(Invariant($"{nameof(HopperAttentionWarpgroups)}={HopperAttentionWarpgroups}"));
         if (HopperBackwardVariant != d.HopperBackwardVariant) parts.Add(Invariant($"{nameof(HopperBackwardVariant)}={HopperBackwardVariant}"));
@@ -691,7 +680,6 @@ public sealed record CudaBackendOptions
         [nameof(FusedGeluBiasGradient)] = (o, v, s) => o with { FusedGeluBiasGradient = ParseBool(v, s) },
         [nameof(ProgrammaticDependentLaunch)] = (o, v, s) => o with { ProgrammaticDependentLaunch = ParseBool(v, s) },
         [nameof(HopperAttention)] = (o, v, s) => o with { HopperAttention = ParseBool(v, s) },
-        [nameof(HopperAttentionForwardPipelined)] = (o, v, s) => o with { HopperAttentionForwardPipelined = ParseBool(v, s) },
         [nameof(HopperAttentionBackward)] = (o, v, s) => o with { HopperAttentionBackward = ParseBool(v, s) },
         [nameof(HopperAttentionWarpgroups)] = (o, v, s) => o with { HopperAttentionWarpgroups = ParseInt(v, s) },
         [nameof(HopperBackwardVariant)] = (o, v, s) => o with { HopperBackwardVariant = ParseInt(v, s) },

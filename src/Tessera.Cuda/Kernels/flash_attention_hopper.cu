@@ -96,45 +96,6 @@ __device__ __forceinline__ void forward_rescale(float* oacc, const float* corr)
         for (int j = 0; j < D / 8; j++) { oacc[4 * j + 2 * r] *= corr[r]; oacc[4 * j + 2 * r + 1] *= corr[r]; }
 }
 
-// forward_mask_block, forward_softmax_block and pack_a_fragments in one pass that leaves s as it was (the pipelined tile
-// reads its scores while the previous block's P V product runs: the assembler serializes a wgmma whose accumulator
-// registers, s here, are written before every product of the stage is waited for, C7513), P rounded into pn. The same
-// operations on the same values in the same order: the same mrow, lrow, corr and P bits.
-template <typename T, int BN>
-__device__ __forceinline__ void forward_softmax_pack(const float* s, int n0, int qpos0, int g, int c4, int S, float* mrow,
-    float* lrow, float* corr, float sl2, unsigned (*pn)[4])
-{
-    const bool masked = n0 + BN - 1 > qpos0 - g || n0 + BN > S;   // forward_mask_block's test
-    // Without branches (bitwise, not short-circuit): a divergent branch inside the products' stage also makes the
-    // assembler serialize them (C7513), as the CPU assembly check found.
-    auto score = [&](int j, int e) {
-        const int key = n0 + j * 8 + 2 * c4 + (e & 1), qp = qpos0 + (e >> 1) * 8;
-        return (masked & ((key > qp) | (key >= S))) ? NEG_INF : s[4 * j + e];
-    };
-#pragma unroll
-    for (int r = 0; r < 2; r++)
-    {
-        float mx = NEG_INF;
-#pragma unroll
-        for (int j = 0; j < BN / 8; j++) mx = fmaxf(mx, fmaxf(score(j, 2 * r), score(j, 2 * r + 1)));
-        mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 2));
-        mx = fmaxf(mrow[r], mx * sl2);
-        const float mu = mx == NEG_INF ? 0.f : mx;
-        corr[r] = fast_exp2(mrow[r] - mu);
-        mrow[r] = mx;
-        float sum = 0.f;
-#pragma unroll
-        for (int j = 0; j < BN / 8; j++)
-        {
-            const float p0 = fast_exp2(fmaf(score(j, 2 * r), sl2, -mu)), p1 = fast_exp2(fmaf(score(j, 2 * r + 1), sl2, -mu));
-            pn[j >> 1][(j & 1) * 2 + r] = pack2<T>(p0, p1);   // pack_a_fragments' place for the pair (j, r)
-            sum += p0 + p1;
-        }
-        lrow[r] = lrow[r] * corr[r] + sum;
-    }
-}
-
 // An fp32 accumulator fragment of N columns (P or dS) rounded to 16 bits as wgmma's A fragments from registers, 16
 // columns a k16 step: the S accumulator of 16 keys packs straight into their A registers (hopper.cuh's fragments).
 template <typename T, int N>
@@ -260,137 +221,15 @@ __device__ void hopper_forward_tile(const T* qb, i64 q_t, Rows kr, Rows vr, T* o
     forward_store_rows<T, D>(oacc, mrow, lrow, ob, o_t, lse_row, Tq, r0, warp, g, c4);
 }
 
-// The tile of one warpgroup with consecutive key blocks' products overlapped (FlashAttention-3's intra-warpgroup
-// pipelining): iteration nb issues S = Q K_nb^T and then O += P_{nb-1} V_{nb-1}, waits for S alone, and runs block nb's
-// mask and softmax while the P V product is still on the tensor cores; then waits for it, scales O by block nb's
-// correction (O holds everything through block nb - 1, in block nb - 1's max) and packs P_nb for the next iteration. The
-// last block's P V follows the loop. Against hopper_forward_tile, the softmax no longer leaves the tensor cores idle
-// within a CTA (ncu: 13 % of the forward's warp samples waited on its two products, one at a time).
-// Copies, one cp.async group an iteration: group 0 holds Q and K_0, group nb + 1 holds K_{nb+1} and V_nb, issued at
-// iteration nb into the stages that K_{nb-1} and V_{nb-2} left (their products were waited for in iteration nb - 1, and
-// the barrier that ends each iteration orders every warp's reads before the refill). Same arguments, shared memory and
-// results as hopper_forward_tile with WGS = 1: the same products, mask, online softmax and rounding of P, in the same
-// order per block, so the outputs are the same bit for bit.
-template <typename T, int D, typename Rows>
-__device__ void hopper_forward_tile_pipelined(const T* qb, i64 q_t, Rows kr, Rows vr, T* ob, i64 o_t, float* lse_row, int Tq,
-    int S, int mb, float scale)
-{
-    constexpr int BM = 64, BN = 128, KD = D / 16, NT = 128;
-    extern __shared__ unsigned char smem_raw[];
-    const unsigned sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;
-    const unsigned sK = sQ + BM * D * 2;       // 2 stages
-    const unsigned sV = sK + 2 * BN * D * 2;   // 2 stages
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
-    const int m0 = mb * BM, offset = S - Tq;
-    const int lastKey = min(S - 1, offset + min(Tq - 1, m0 + BM - 1));
-    const int nblocks = lastKey / BN + 1;
-    const int qpos0 = offset + m0 + warp * 16 + g;
-    const float sl2 = scale * LOG2E;
-    const u64 qdesc = sw128_descriptor(sQ, 16, 1024);
-    float oacc[D / 2];
-#pragma unroll
-    for (int i = 0; i < D / 2; i++) oacc[i] = 0.f;
-    float mrow[2] = {NEG_INF, NEG_INF}, lrow[2] = {0.f, 0.f};
-    unsigned p[BN / 16][4];   // P of the block before the current one, as the P V product's A fragments
-
-    // Group nb (committed at iteration nb - 1, group 0 first) holds K_nb and V_{nb-1}; stage x & 1 holds block x.
-    auto copy = [&](int nb) {
-        if (nb < nblocks) kr.template load<D, BN, NT>(sK + (nb & 1) * BN * D * 2, nb * BN, S, tid);
-        if (nb > 0) vr.template load<D, BN, NT>(sV + ((nb - 1) & 1) * BN * D * 2, (nb - 1) * BN, S, tid);
-        cp_async_commit();
-    };
-    auto landed = [&](bool last) {
-        if (last) cp_async_wait<0>();
-        else cp_async_wait<1>();
-        fence_async_shared();
-        __syncthreads();
-    };
-    auto issue_s = [&](float* s, int nb) {
-        const u64 kdesc = sw128_descriptor(sK + (nb & 1) * BN * D * 2, 16, 1024);
-#pragma unroll
-        for (int kk = 0; kk < KD; kk++)
-            Wgmma<T, BN>::ss(s, desc_plus(qdesc, (kk >> 2) * BM * 128 + (kk & 3) * 32),
-                             desc_plus(kdesc, (kk >> 2) * BN * 128 + (kk & 3) * 32), kk > 0);
-        wgmma_commit();
-    };
-    auto issue_pv = [&](u64 vdesc) {
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; kk++) Wgmma<T, D>::rs_nmajor(oacc, p[kk], desc_plus(vdesc, kk * 16 * 128));
-        wgmma_commit();
-    };
-    auto vdesc_of = [&](int nb) { return sw128_descriptor(sV + (nb & 1) * BN * D * 2, BN * 128, 1024); };
-
-    // Block 0 alone: its scores, softmax and P (nothing to overlap them with yet).
-    load_tile_sw128<D, BM, NT>(sQ, qb, q_t, m0, Tq, tid);
-    copy(0);                  // with Q: group 0
-    copy(1);
-    landed(false);
-    {
-        float s[BN / 2], corr[2];
-        wgmma_fence();
-        issue_s(s, 0);
-        wgmma_wait<0>();
-        fence_registers<BN / 2>(s);
-        forward_softmax_pack<T, BN>(s, 0, qpos0, g, c4, S, mrow, lrow, corr, sl2, p);
-        fence_registers<BN / 4>(&p[0][0]);
-    }
-    __syncthreads();
-    // Blocks 1 .. nblocks - 1: S_nb and P_{nb-1} V_{nb-1} issued together, block nb's softmax under the latter.
-    for (int nb = 1; nb < nblocks; nb++)
-    {
-        copy(nb + 1);
-        landed(false);        // group nb: K_nb and V_{nb-1}
-        const u64 vdesc = vdesc_of(nb - 1);
-        float s[BN / 2], corr[2];
-        unsigned pn[BN / 16][4];
-        wgmma_fence();
-        issue_s(s, nb);
-        issue_pv(vdesc);
-        wgmma_wait<1>();      // S is done; P_{nb-1} V_{nb-1} may still run
-        fence_registers<BN / 2>(s);
-        forward_softmax_pack<T, BN>(s, nb * BN, qpos0, g, c4, S, mrow, lrow, corr, sl2, pn);
-        // The softmax kept before the wait (a branch on the first row sum): the assembler otherwise
-        // schedules it after the wait, and after the barrier below, once the P V product it is meant to overlap is done.
-        schedule_fence(lrow[0]);
-        wgmma_wait<0>();
-        fence_registers<D / 2>(oacc);
-        fence_registers<BN / 4>(&p[0][0]);   // P_{nb-1} stays live until the product that reads it is done
-        forward_rescale<D>(oacc, corr);      // O through block nb - 1, in block nb's max
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; kk++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) p[kk][i] = pn[kk][i];
-        fence_registers<D / 2>(oacc);
-        fence_registers<BN / 4>(&p[0][0]);
-        __syncthreads();      // every warp's products of this iteration are done before its stages are refilled
-    }
-    // The last block's P V.
-    landed(true);
-    {
-        const u64 vdesc = vdesc_of(nblocks - 1);
-        wgmma_fence();
-        issue_pv(vdesc);
-        wgmma_wait<0>();
-        fence_registers<D / 2>(oacc);
-        fence_registers<BN / 4>(&p[0][0]);
-    }
-    forward_store_rows<T, D>(oacc, mrow, lrow, ob, o_t, lse_row, Tq, m0, warp, g, c4);
-}
-
 // Dense (training, the KV-cache prefill): grid (query tiles of 64 WGS rows, H, B), the last tiles (the most keys) first.
-// PIPE (one warpgroup): hopper_forward_tile_pipelined's tile.
-template <typename T, int D, int WGS, bool PIPE = false>
+template <typename T, int D, int WGS>
 __device__ void hopper_forward(const T* q, const T* k, const T* v, T* o, float* lse, int Tq, int S, int H, int KH,
     Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, float scale)
 {
-    static_assert(!PIPE || WGS == 1, "hopper_forward: the pipelined tile is one warpgroup's");
     const int mb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z, kvh = h / (H / KH);
     const DenseRowsSw128<T> kr{k + b * ks.b + (i64)kvh * ks.h, ks.t}, vr{v + b * vs.b + (i64)kvh * vs.h, vs.t};
-    const T* const qb = q + b * qs.b + (i64)h * qs.h;
-    T* const ob = o + b * os.b + (i64)h * os.h;
-    float* const lse_row = lse ? lse + ((i64)b * H + h) * Tq : nullptr;
-    if constexpr (PIPE) hopper_forward_tile_pipelined<T, D>(qb, qs.t, kr, vr, ob, os.t, lse_row, Tq, S, mb, scale);
-    else hopper_forward_tile<T, D, WGS>(qb, qs.t, kr, vr, ob, os.t, lse_row, Tq, S, mb, scale);
+    hopper_forward_tile<T, D, WGS>(q + b * qs.b + (i64)h * qs.h, qs.t, kr, vr, o + b * os.b + (i64)h * os.h, os.t,
+                                   lse ? lse + ((i64)b * H + h) * Tq : nullptr, Tq, S, mb, scale);
 }
 
 // Paged prefill (serving) on this tile: flash_attention.cu's paged_prefill contract and arguments (q (N, H, D) with row
@@ -422,24 +261,19 @@ __device__ void paged_prefill_hopper(const T* q, const P* pool, T* out, const in
 #define HOPPER_WG1_CTAS(D) ((D) == 64 ? 3 : 1)
 
 // One entry point of the dense forward: WGS warpgroups a CTA, CTAS CTAs an SM planned for.
-#define HOPPER_FORWARD_ENTRY(name, T, D, WGS, CTAS, PIPE)                                                       \
+#define HOPPER_FORWARD_ENTRY(name, T, D, WGS, CTAS)                                                             \
     extern "C" __global__ void __launch_bounds__(128 * WGS, CTAS) name(const T* q, const T* k, const T* v,     \
         T* o, float* lse, int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os,    \
         float scale, const int* starts)                                                                         \
     {                                                                                                           \
         /* KV cache: sequence b has starts[b] + Tq valid keys of the S the cache holds. */                      \
         if (starts) S = starts[blockIdx.z] + Tq;                                                                \
-        hopper_forward<T, D, WGS, PIPE>(q, k, v, o, lse, Tq, S, H, KH, qs, ks, vs, os, scale);                  \
+        hopper_forward<T, D, WGS>(q, k, v, o, lse, Tq, S, H, KH, qs, ks, vs, os, scale);                        \
     }
 
-// The pipelined tile keeps block nb's scores beside block nb - 1's P and O (some 32 registers more than the plain
-// tile's peak): two CTAs an SM at D = 64 (at most 255 registers a thread; three would cap it at 168), one at D = 128.
-#define HOPPER_PIPE_CTAS(D) ((D) == 64 ? 2 : 1)
-
 #define HOPPER_FORWARD(n, T, D)                                                                                 \
-    HOPPER_FORWARD_ENTRY(flash_forward_hopper_##n##_d##D, T, D, 2, 1, false)                                   \
-    HOPPER_FORWARD_ENTRY(flash_forward_hopper_wg1_##n##_d##D, T, D, 1, HOPPER_WG1_CTAS(D), false)              \
-    HOPPER_FORWARD_ENTRY(flash_forward_hopper_pipe_##n##_d##D, T, D, 1, HOPPER_PIPE_CTAS(D), true)
+    HOPPER_FORWARD_ENTRY(flash_forward_hopper_##n##_d##D, T, D, 2, 1)                                          \
+    HOPPER_FORWARD_ENTRY(flash_forward_hopper_wg1_##n##_d##D, T, D, 1, HOPPER_WG1_CTAS(D))
 
 HOPPER_FORWARD(bf16, bf16, 64)
 HOPPER_FORWARD(bf16, bf16, 128)

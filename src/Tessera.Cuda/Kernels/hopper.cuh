@@ -62,18 +62,6 @@ template <int N> __device__ __forceinline__ void fence_registers(unsigned* r)
 #pragma unroll
     for (int i = 0; i < N; i++) HOPPER_ASM("" : "+r"(r[i])::"memory");
 }
-// A branch the assembler's scheduler moves no instruction across: a trap where v's bits are all ones, never the case for
-// the values passed (a sum of exponentials: non-negative, or at worst the canonical NaN 0x7fffffff). Register-only work
-// written before a wgmma wait may otherwise be scheduled after it, and the work it was to overlap with is lost (found in
-// the pipelined attention forward's SASS on the CPU: its softmax had moved below the wait for the P V product).
-__device__ __forceinline__ void schedule_fence(float v)
-{
-#ifdef __CUDA_ARCH__
-    asm volatile("{ .reg .pred q; setp.eq.u32 q, %0, 0xffffffff; @q trap; }" ::"r"(__float_as_uint(v)));
-#else
-    (void)v;
-#endif
-}
 
 // Warp-specialized kernels: a warpgroup gives registers back (a producer) or takes them (the consumers); every thread of the
 // warpgroup executes it, and the counts (multiples of 8, 24 to 256) must fit the register file with the CTA's other warpgroups.

@@ -45,7 +45,6 @@ public sealed class CudaBackendOptionsTests
         ProgrammaticDependentLaunch = false,
         SpecializedPagedAttention = false,
         HopperAttention = !CudaBackendOptions.Default.HopperAttention,
-        HopperAttentionForwardPipelined = !CudaBackendOptions.Default.HopperAttentionForwardPipelined,
         HopperAttentionBackward = !CudaBackendOptions.Default.HopperAttentionBackward,
         HopperAttentionWarpgroups = 1,
         HopperBackwardVariant = 3,

@@ -27,7 +27,6 @@ public sealed class HopperAttentionFixture : IDisposable
                 HopperAttention = true, HopperAttentionBackward = true, HopperAttentionWarpgroups = 1, HopperBackwardVariant = 1, ProfileOps = true,
             });
             Defaults = new CudaBackend(0, CudaBackendOptions.Default with { ProfileOps = true });
-            Pipelined = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttentionForwardPipelined = true, ProfileOps = true });
             Flash2 = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = false, HopperAttentionBackward = false });
             BackwardVariants = [.. new[] { 2, 3, 4, 5, 6, 7, 8, 9, 10 }.Select(v => new CudaBackend(0, CudaBackendOptions.Default with
             {
@@ -46,8 +45,6 @@ public sealed class HopperAttentionFixture : IDisposable
     public CudaBackend? OneWarpgroup { get; }
     /// <summary>The second backward kernel's variants (<see cref="CudaBackendOptions.HopperBackwardVariant"/> 2 to 10), one backend each.</summary>
     public IReadOnlyList<CudaBackend> BackwardVariants { get; } = [];
-    /// <summary>The pipelined forward tile (<see cref="CudaBackendOptions.HopperAttentionForwardPipelined"/>), profiled.</summary>
-    public CudaBackend? Pipelined { get; }
     /// <summary>The default options (profiled): which backward they choose.</summary>
     public CudaBackend? Defaults { get; }
     public string? Reason { get; }
@@ -56,7 +53,6 @@ public sealed class HopperAttentionFixture : IDisposable
     {
         foreach (var be in BackwardVariants) be.Dispose();
         Defaults?.Dispose();
-        Pipelined?.Dispose();
         Hopper?.Dispose();
         OneWarpgroup?.Dispose();
         Flash2?.Dispose();
@@ -131,15 +127,6 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
         AssertClose(oC, o1, OutTolerance, $"{where}: one-warpgroup Hopper output vs the CPU backend");
         AssertClose(lC, l1, LseTolerance, $"{where}: one-warpgroup Hopper lse vs the CPU backend");
         AssertClose(oF, o1, OutTolerance, $"{where}: one-warpgroup Hopper output vs FlashAttention-2");
-
-        // The pipelined tile: the one-warpgroup tile's products, mask, softmax and rounding in the same order a block, so its
-        // bits (the emulation shows the same, Emulation/hopper_attention.cpp).
-        var piped = fixture.Pipelined!;
-        var (oP, lP) = Forward(piped, dtype, q, k, v, b, t, s, h, kh, d, scale);
-        Assert.Contains(piped.Profiler!.Totals(), r => r.Name == $"flash_forward_hopper_pipe_{(dtype == DType.BF16 ? "bf16" : "f16")}_d{d}");
-        int outDiffer = Enumerable.Range(0, o1.Length).Count(i => o1[i] != oP[i]), lseDiffer = Enumerable.Range(0, l1.Length).Count(i => l1[i] != lP[i]);
-        Assert.True(outDiffer == 0 && lseDiffer == 0,
-            $"{where}: the pipelined tile's output differs from the one-warpgroup tile's in {outDiffer} of {o1.Length} elements, its lse in {lseDiffer} of {l1.Length}");
     }
 
     [Theory]

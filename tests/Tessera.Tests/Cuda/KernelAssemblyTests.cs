@@ -15,8 +15,8 @@ namespace Tessera.Tests.Cuda;
 /// <list type="bullet">
 /// <item>no wgmma serialized, so that each product waits for the one before: warning C7515 (an instruction other than a
 /// wgmma writes an accumulator register inside a pipeline stage: every gemm_hopper kernel had it at session 44's commits
-/// under NVRTC 12.4) or C7513 (an input register of a product in flight written, or too few registers: the pipelined
-/// attention forward had it until its mask was written without branches), but for the kernels of
+/// under NVRTC 12.4) or C7513 (an input register of a product in flight written, or too few registers: session 47's
+/// pipelined attention forward had it while its causal mask branched per element), but for the kernels of
 /// <see cref="SerializationAllowed"/>;</item>
 /// <item>no more spill stores than its module's bound (<see cref="SpillBytesAllowed"/>): none, but for the few kernels that
 /// spilled a little when this test was written, bounded at what they spilled so that any growth fails.</item>
