@@ -647,10 +647,8 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
     load_tile_sw128<D, BN, NT>(sK, k + b * ks.b + (i64)kvh * ks.h, ks.t, n0, Tq, tid);
     load_tile_sw128<D, BN, NT>(sV, v + b * vs.b + (i64)kvh * vs.h, vs.t, n0, Tq, tid);
 
-    // Block it of the walk is query block mStart + qm of query head kvh * group + qh, it = qh per + qm: both stepped
-    // along, not divided out each block (a 32-bit division by per is some twenty instructions, twice a block).
-    auto issue = [&](int qh, int qm, int st) {
-        const int hh = kvh * group + qh, m0 = (mStart + qm) * BM;
+    auto issue = [&](int it, int st) {
+        const int hh = kvh * group + it / per, m0 = (mStart + it % per) * BM;
         const unsigned tQ = sStage + st * 2 * TILE;
         load_tile_sw128<D, BM, NT>(tQ, q + b * qs.b + (i64)hh * qs.h, qs.t, m0, Tq, tid);
         load_tile_sw128<D, BM, NT>(tQ + TILE, dout + b * ds.b + (i64)hh * ds.h, ds.t, m0, Tq, tid);
@@ -666,7 +664,7 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
     float dkacc[D / 2], dvacc[D / 2];
 #pragma unroll
     for (int i = 0; i < D / 2; i++) { dkacc[i] = 0.f; dvacc[i] = 0.f; }
-    issue(0, 0, 0);
+    issue(0, 0);
     cp_async_commit();
     const u64 kdesc = sw128_descriptor(sK, 16, 1024);
     const u64 vdesc = sw128_descriptor(sV, 16, 1024);
@@ -677,12 +675,10 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
 #pragma unroll
     for (int kk = 0; kk < BM / 16; kk++) sa[kk][0] = sa[kk][1] = sa[kk][2] = sa[kk][3] = 0u;
 
-    int qh = 0, qm = -1;
     for (int it = 0; it < iters; it++)
     {
         const int st = it & 1;
-        if (++qm == per) { qm = 0; qh++; }
-        const int hh = kvh * group + qh, mb = mStart + qm, m0 = mb * BM;
+        const int hh = kvh * group + it / per, mb = mStart + it % per, m0 = mb * BM;
         const unsigned tQ = sStage + st * 2 * TILE, tdO = tQ + TILE;
         cp_async_wait<0>();
         fence_async_shared();
@@ -720,7 +716,7 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
             if (tid == 0) bulk_wait_read<0>();
             __syncthreads();
         }
-        if (it + 1 < iters) issue(qm + 1 == per ? qh + 1 : qh, qm + 1 == per ? 0 : qm + 1, st ^ 1);
+        if (it + 1 < iters) issue(it + 1, st ^ 1);
         cp_async_commit();
 
         const float* tL = sL + st * BM;
