@@ -591,8 +591,9 @@ template <int ROWS> __device__ __forceinline__ unsigned sw128_offset(int r, int 
 // Loads ROWS rows of D values (rows row0.. of a (rows, stride) matrix; rows >= limit zero-filled) into a swizzled tile
 // at shared address dst (1,024-byte aligned), with the CTA's NT threads. Each thread copies one chunk c of rows
 // r, r + RS, ...: RS is a multiple of 8, so all its rows share r & 7 and one swizzled base plus a constant step serves.
+// Every copy checked against limit: for the tiles a kernel loads once (load_tile_sw128 for those it loads in a loop).
 template <int D, int ROWS, int NT, typename T>
-__device__ __forceinline__ void load_tile_sw128(unsigned dst, const T* base, i64 stride, int row0, int limit, int tid)
+__device__ __forceinline__ void load_tile_sw128_bounded(unsigned dst, const T* base, i64 stride, int row0, int limit, int tid)
 {
     constexpr int CH = D / 8, RS = NT / CH, N = ROWS * CH / NT;
     static_assert(RS % 8 == 0 && (ROWS * CH) % NT == 0, "load_tile_sw128: NT threads must tile the rows, 8 rows a pass at least");
@@ -600,20 +601,32 @@ __device__ __forceinline__ void load_tile_sw128(unsigned dst, const T* base, i64
     const unsigned d0 = dst + sw128_offset<ROWS>(r, c);
     const T* src = base + (i64)(row0 + r) * stride + c * 8;
     const i64 step = (i64)RS * stride;
-    if (row0 + ROWS <= limit)
-    {
-        // Every row inside (all but a sequence's last tile; uniform over the CTA): one pointer stepped along, no bounds.
-        // ncu counted about 9 instructions a copy on the general path below, a fifth of the attention forward's.
-#pragma unroll
-        for (int k = 0; k < N; k++, src += step) cp_async16(d0 + k * RS * 128, src, true);
-        return;
-    }
 #pragma unroll
     for (int k = 0; k < N; k++)
     {
         const bool ok = row0 + r + k * RS < limit;
         cp_async16(d0 + k * RS * 128, ok ? src + k * step : base, ok);
     }
+}
+// The same, with a path without bounds where every row is inside (all but a sequence's last tile; uniform over the CTA):
+// one pointer stepped along. ncu counted about 9 instructions a copy on the bounded path, a fifth of the attention
+// forward's instructions; this path takes about 4. For the tiles of a kernel's main loop: the second path costs registers,
+// so the tiles loaded once take load_tile_sw128_bounded (the fp8 paged prefill spilled 28 bytes with this one for Q).
+template <int D, int ROWS, int NT, typename T>
+__device__ __forceinline__ void load_tile_sw128(unsigned dst, const T* base, i64 stride, int row0, int limit, int tid)
+{
+    if (row0 + ROWS > limit)
+    {
+        load_tile_sw128_bounded<D, ROWS, NT>(dst, base, stride, row0, limit, tid);
+        return;
+    }
+    constexpr int CH = D / 8, RS = NT / CH, N = ROWS * CH / NT;
+    const int r = tid / CH, c = tid % CH;
+    const unsigned d0 = dst + sw128_offset<ROWS>(r, c);
+    const T* src = base + (i64)(row0 + r) * stride + c * 8;
+    const i64 step = (i64)RS * stride;
+#pragma unroll
+    for (int k = 0; k < N; k++, src += step) cp_async16(d0 + k * RS * 128, src, true);
 }
 
 // 4 bytes global -> shared, asynchronously: the first `bytes` (0 to 4) of the word at src, the rest zero-filled (src is not

@@ -96,7 +96,7 @@ __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T*
             }
             return;
         }
-        load_tile_sw128<BK, MP, DH_THREADS>(dst, x + k0 + t * BK, ldx, 0, M, tid);
+        load_tile_sw128_bounded<BK, MP, DH_THREADS>(dst, x + k0 + t * BK, ldx, 0, M, tid);
         if (nw && tid < CH) cp_async16(dst + XT + tid * 16, nw + k0 + t * BK + tid * 8, true);
     };
     prologue_weights_first<ST>(tiles, early, load_w, load_x);

@@ -24,7 +24,7 @@ struct Strides3 { i64 b, t, h; };
 
 // u64, the wgmma helpers (fences, descriptors, Wgmma / WgmmaT) and pack2 are hopper.cuh's.
 
-// load_tile_sw128, the row sources DenseRowsSw128 / PagedRowsSw128 and find_prefill_tile are common.cuh's.
+// load_tile_sw128 (and _bounded), the row sources DenseRowsSw128 / PagedRowsSw128 and find_prefill_tile are common.cuh's.
 
 // cp_async4 (the backward's lse and delta rows, which are not 16-byte aligned in general) is common.cuh's.
 // warpgroup_barrier, bulk_commit, bulk_wait_read and bulk_wait are hopper.cuh's.
@@ -154,7 +154,7 @@ __device__ void hopper_forward_tile(const T* qb, i64 q_t, Rows kr, Rows vr, T* o
     const int lastKey = min(S - 1, offset + min(Tq - 1, m0 + BM - 1));
     const int nblocks = lastKey / BN + 1;
 
-    load_tile_sw128<D, BM, NT>(sQ, qb, q_t, m0, Tq, tid);
+    load_tile_sw128_bounded<D, BM, NT>(sQ, qb, q_t, m0, Tq, tid);
     kr.template load<D, BN, NT>(sK, 0, S, tid);
     vr.template load<D, BN, NT>(sV, 0, S, tid);
     cp_async_commit();
@@ -361,8 +361,8 @@ __device__ void hopper_backward(const T* q, const T* k, const T* v, const T* dou
     const int mStart = n0 / BM, per = (Tq + BM - 1) / BM - mStart, iters = per * group;
     const float sl2 = scale * LOG2E;
 
-    load_tile_sw128<D, BN, NT>(sK, k + b * ks.b + (i64)kvh * ks.h, ks.t, n0, Tq, tid);
-    load_tile_sw128<D, BN, NT>(sV, v + b * vs.b + (i64)kvh * vs.h, vs.t, n0, Tq, tid);
+    load_tile_sw128_bounded<D, BN, NT>(sK, k + b * ks.b + (i64)kvh * ks.h, ks.t, n0, Tq, tid);
+    load_tile_sw128_bounded<D, BN, NT>(sV, v + b * vs.b + (i64)kvh * vs.h, vs.t, n0, Tq, tid);
 
     auto issue = [&](int it, int st) {
         const int hh = kvh * group + it / per, m0 = (mStart + it % per) * BM;
@@ -644,8 +644,8 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
     const int mStart = n0 / BM, per = nQB - mStart, iters = per * group;
     const float sl2 = scale * LOG2E;
 
-    load_tile_sw128<D, BN, NT>(sK, k + b * ks.b + (i64)kvh * ks.h, ks.t, n0, Tq, tid);
-    load_tile_sw128<D, BN, NT>(sV, v + b * vs.b + (i64)kvh * vs.h, vs.t, n0, Tq, tid);
+    load_tile_sw128_bounded<D, BN, NT>(sK, k + b * ks.b + (i64)kvh * ks.h, ks.t, n0, Tq, tid);
+    load_tile_sw128_bounded<D, BN, NT>(sV, v + b * vs.b + (i64)kvh * vs.h, vs.t, n0, Tq, tid);
 
     auto issue = [&](int it, int st) {
         const int hh = kvh * group + it / per, m0 = (mStart + it % per) * BM;
