@@ -162,8 +162,11 @@ public sealed unsafe partial class CudaBackend
         uint shared = (uint)(1024 + 2 * keys * d * 2 + 4 * HopperBackwardQueries * d * 2
             + keys * HopperBackwardQueries * 2 + 4 * HopperBackwardQueries * sizeof(float)
             + (separateTile ? HopperBackwardQueries * d * sizeof(float) : 0));
-        // flags 4 and 8 exist only in the v2x build of the second kernel (the v2 build keeps the code measured first)
-        string kernel = "flash_backward_hopper_" + (variant == 1 ? (wgs == 1 ? "wg1_" : "") : (flags & 12) != 0 ? "v2x_" : "v2_") + suffix;
+        // flags 4 and 8 exist only in the v2x build of the second kernel (the v2 build keeps the code measured first); the v2t
+        // build copies Q and dO by the tensor memory accelerator (HopperAttentionBackwardTensorMaps, where they fit).
+        bool maps = variant != 1 && (flags & 12) == 0 && Options.HopperAttentionBackwardTensorMaps && BackwardTensorMapsFit(t, d, pq, sq, pd, sd);
+        if (maps) shared += 16;   // the two stages' mbarriers
+        string kernel = "flash_backward_hopper_" + (variant == 1 ? (wgs == 1 ? "wg1_" : "") : (flags & 12) != 0 ? "v2x_" : maps ? "v2t_" : "v2_") + suffix;
         PreferSharedMemory(HopperFile, kernel);
         var blocks = ((uint)((t + keys - 1) / keys), (uint)kh, (uint)b);
         long qRows = (long)b * queryBlocks * (d / 64);
@@ -172,6 +175,16 @@ public sealed unsafe partial class CudaBackend
         {
             void** a2 = stackalloc void*[] { &pq, &pk, &pv, &pd, &pl, &delta, &dqacc, &pdk, &pdv, &t, &h, &kh, &sq, &sk, &sv, &sd, &sdk, &sdv, &sc };
             Launch(HopperFile, kernel, blocks, (uint)(HopperWarpgroupThreads * wgs), a2, shared);
+        }
+        else if (maps)
+        {
+            byte* buffer = stackalloc byte[2 * 128 + 64];
+            byte* qmap = (byte*)(((nint)buffer + 63) & ~(nint)63), dmap = qmap + 128;
+            // q and dout as (B T rows of H D values) in boxes of 64 rows by 64 values (the 128-byte swizzle)
+            EncodeTensorMap(qmap, dtype, pq, h * d, b * t, sq.T, HopperBackwardQueries);
+            EncodeTensorMap(dmap, dtype, pd, h * d, b * t, sd.T, HopperBackwardQueries);
+            void** a2 = stackalloc void*[] { qmap, dmap, &pk, &pv, &pl, &delta, &dqacc, &pdk, &pdv, &t, &h, &kh, &sk, &sv, &sdk, &sdv, &sc, &flags };
+            Launch(HopperFile, kernel, blocks, (uint)HopperWarpgroupThreads, a2, shared);
         }
         else
         {
@@ -206,6 +219,15 @@ public sealed unsafe partial class CudaBackend
         FreeScratch(vPartial);
         return true;
     }
+
+    /// <summary>
+    /// Whether q and dout can be read as 2D tensors by the tensor memory accelerator in the backward (v2t): heads D apart and
+    /// sequences T rows apart (one (B T, H D) matrix each, as the fused QKV's q and a contiguous dO are), 16-byte aligned
+    /// starts and row strides.
+    /// </summary>
+    private static bool BackwardTensorMapsFit(int t, int d, ulong pq, Strides3 sq, ulong pd, Strides3 sd) =>
+        sq.H == d && sq.B == (long)t * sq.T && sd.H == d && sd.B == (long)t * sd.T
+        && pq % 16 == 0 && pd % 16 == 0 && sq.T * 2 % 16 == 0 && sd.T * 2 % 16 == 0;
 
     /// <summary>
     /// Blocks of 256 threads for flash_backward_pre_sums: about four an SM, their threads a multiple of the H D / 8 that a row

@@ -344,6 +344,15 @@ public sealed record CudaBackendOptions
     public bool HopperAttentionBackward { get; init; } = true;
 
     /// <summary>
+    /// The second Hopper attention backward (variants 2, 3, 6, 9, 10 of <see cref="HopperBackwardVariant"/>) copies each query
+    /// block's Q and dO tiles by the tensor memory accelerator, one thread issuing them (<c>flash_backward_hopper_v2t</c>),
+    /// where q and dout are one (B T, H D) matrix each (the fused QKV's q, a contiguous dO), instead of every thread's
+    /// cp.async copies: ncu counted those at 172 instructions a warp a block, a fifth of the kernel's. The same products in
+    /// the same order: the same results bit for bit. Default false until measured on the device.
+    /// </summary>
+    public bool HopperAttentionBackwardTensorMaps { get; init; }
+
+    /// <summary>
     /// Warpgroups (128 threads, 64 query rows in the forward, 64 keys in the backward) per CTA of the Hopper kernels: 1 or 2,
     /// or 0 for the measured best of each kernel and head size. Two share each key/value (forward) or query (backward) tile
     /// between them; one leaves the CTAs independent, so more of them share an SM and interleave. Default 0: the forward
@@ -596,6 +605,7 @@ public sealed record CudaBackendOptions
         if (ProgrammaticDependentLaunch != d.ProgrammaticDependentLaunch) parts.Add($"{nameof(ProgrammaticDependentLaunch)}={Bool(ProgrammaticDependentLaunch)}");
         if (SpecializedPagedAttention != d.SpecializedPagedAttention) parts.Add($"{nameof(SpecializedPagedAttention)}={Bool(SpecializedPagedAttention)}");
         if (HopperAttention != d.HopperAttention) parts.Add($"{nameof(HopperAttention)}={Bool(HopperAttention)}");
+        if (HopperAttentionBackwardTensorMaps != d.HopperAttentionBackwardTensorMaps) parts.Add($"{nameof(HopperAttentionBackwardTensorMaps)}={Bool(HopperAttentionBackwardTensorMaps)}");
         if (HopperAttentionBackward != d.HopperAttentionBackward) parts.Add($"{nameof(HopperAttentionBackward)}={Bool(HopperAttentionBackward)}");
         if (HopperAttentionWarpgroups != d.HopperAttentionWarpgroups) parts.Add(Invariant($"{nameof(HopperAttentionWarpgroups)}={HopperAttentionWarpgroups}"));
         if (HopperBackwardVariant != d.HopperBackwardVariant) parts.Add(Invariant($"{nameof(HopperBackwardVariant)}={HopperBackwardVariant}"));
@@ -680,6 +690,7 @@ public sealed record CudaBackendOptions
         [nameof(FusedGeluBiasGradient)] = (o, v, s) => o with { FusedGeluBiasGradient = ParseBool(v, s) },
         [nameof(ProgrammaticDependentLaunch)] = (o, v, s) => o with { ProgrammaticDependentLaunch = ParseBool(v, s) },
         [nameof(HopperAttention)] = (o, v, s) => o with { HopperAttention = ParseBool(v, s) },
+        [nameof(HopperAttentionBackwardTensorMaps)] = (o, v, s) => o with { HopperAttentionBackwardTensorMaps = ParseBool(v, s) },
         [nameof(HopperAttentionBackward)] = (o, v, s) => o with { HopperAttentionBackward = ParseBool(v, s) },
         [nameof(HopperAttentionWarpgroups)] = (o, v, s) => o with { HopperAttentionWarpgroups = ParseInt(v, s) },
         [nameof(HopperBackwardVariant)] = (o, v, s) => o with { HopperBackwardVariant = ParseInt(v, s) },

@@ -599,11 +599,17 @@ __device__ __forceinline__ void sts_f32x4(unsigned dst, float a, float b, float 
 
 // unpack_lo and unpack_hi are hopper.cuh's.
 
-template <typename T, int D, bool EXTRA>
+// TMA (flash_backward_hopper_v2t, not with EXTRA): each query block's Q and dO tiles come by the tensor memory accelerator,
+// one thread issuing them, instead of every thread's cp.async copies (ncu: 172 instructions a warp a block, a fifth of the
+// kernel's). qmap and dmap: q and dout as 2D (B Tq rows of H D values, rows qs.t and ds.t apart: the host takes this path
+// only where heads are D apart and batches Tq rows apart) in boxes of 64 rows by 64 values, the 128-byte swizzle. Rows past
+// Tq are the next sequence's (or zeros past the last): their scores are masked, so they add nothing, as the zeros did.
+template <typename T, int D, bool EXTRA, bool TMA = false>
 __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta,
     float* dqacc, T* dk, T* dv, int Tq, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds,
-    Strides3 dks, Strides3 dvs, float scale, int flags)
+    Strides3 dks, Strides3 dvs, float scale, int flags, const TensorMap* qmap = nullptr, const TensorMap* dmap = nullptr)
 {
+    static_assert(!(TMA && EXTRA), "hopper_backward_v2: the tensor-map copies are built without the v2x variants");
     constexpr int BM = 64, BN = 64, KD = D / 16, NT = 128;
     constexpr unsigned TILE = BM * D * 2;   // one Q or dO tile (bytes); a stage is [Q | dO]
     extern __shared__ unsigned char smem_raw[];
@@ -619,6 +625,7 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
     const bool bulk = (flags & 2) != 0, sep = EXTRA && (flags & 8) != 0 && bulk && D == 64;
     const bool dqFirst = EXTRA && (((flags & 4) != 0 && !bulk) || sep);
     const unsigned sdQ = sdS + BN * BM * 2 + 4 * BM * 4;
+    const unsigned full0 = sdQ;   // TMA: stage st's Q and dO tiles complete on the mbarrier at full0 + 8 st (8-byte aligned)
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
     int nb = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
     if (flags & 1)
@@ -647,11 +654,37 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
     load_tile_sw128_bounded<D, BN, NT>(sK, k + b * ks.b + (i64)kvh * ks.h, ks.t, n0, Tq, tid);
     load_tile_sw128_bounded<D, BN, NT>(sV, v + b * vs.b + (i64)kvh * vs.h, vs.t, n0, Tq, tid);
 
+    if constexpr (TMA)
+    {
+        if (tid == 0)
+        {
+            mbar_init(full0, 1);
+            mbar_init(full0 + 8, 1);
+            mbar_fence_init();
+        }
+        __syncthreads();
+    }
     auto issue = [&](int it, int st) {
         const int hh = kvh * group + it / per, m0 = (mStart + it % per) * BM;
         const unsigned tQ = sStage + st * 2 * TILE;
-        load_tile_sw128<D, BM, NT>(tQ, q + b * qs.b + (i64)hh * qs.h, qs.t, m0, Tq, tid);
-        load_tile_sw128<D, BM, NT>(tQ + TILE, dout + b * ds.b + (i64)hh * ds.h, ds.t, m0, Tq, tid);
+        if constexpr (TMA)
+        {
+            if (tid == 0)
+            {
+                mbar_arrive_expect_tx(full0 + 8 * st, 2 * TILE);
+#pragma unroll
+                for (int h = 0; h < D / 64; h++)   // 64-value column blocks, BM rows of 128 bytes each
+                {
+                    tma_load_2d(tQ + h * BM * 128, qmap, hh * D + 64 * h, b * Tq + m0, full0 + 8 * st);
+                    tma_load_2d(tQ + TILE + h * BM * 128, dmap, hh * D + 64 * h, b * Tq + m0, full0 + 8 * st);
+                }
+            }
+        }
+        else
+        {
+            load_tile_sw128<D, BM, NT>(tQ, q + b * qs.b + (i64)hh * qs.h, qs.t, m0, Tq, tid);
+            load_tile_sw128<D, BM, NT>(tQ + TILE, dout + b * ds.b + (i64)hh * ds.h, ds.t, m0, Tq, tid);
+        }
         if (tid < 2 * BM)
         {
             const int which = tid / BM, c = tid % BM, t = m0 + c;
@@ -681,6 +714,7 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
         const int hh = kvh * group + it / per, mb = mStart + it % per, m0 = mb * BM;
         const unsigned tQ = sStage + st * 2 * TILE, tdO = tQ + TILE;
         cp_async_wait<0>();
+        if constexpr (TMA) mbar_wait(full0 + 8 * st, (it >> 1) & 1);   // the stage's (it >> 1)-th fill
         fence_async_shared();
         __syncthreads();   // this stage landed; every thread is past the previous block (its dS^T tile, its stage)
 
@@ -986,6 +1020,14 @@ __device__ void hopper_dq_cast_tiles(const float* dqacc, T* dq, int B, int Tq, i
     {                                                                                                           \
         hopper_backward_v2<T, D, true>(q, k, v, dout, lse, delta, dqacc, dk, dv, Tq, H, KH, qs, ks, vs, ds,     \
                                        dks, dvs, scale, flags);                                                 \
+    }                                                                                                           \
+    extern "C" __global__ void __launch_bounds__(128, HOPPER_WG1_CTAS(D)) flash_backward_hopper_v2t_##n##_d##D( \
+        const __grid_constant__ TensorMap qmap, const __grid_constant__ TensorMap dmap, const T* k, const T* v, \
+        const float* lse, const float* delta, float* dqacc, T* dk, T* dv, int Tq, int H, int KH, Strides3 ks,   \
+        Strides3 vs, Strides3 dks, Strides3 dvs, float scale, int flags)                                        \
+    {                                                                                                           \
+        hopper_backward_v2<T, D, false, true>(nullptr, k, v, nullptr, lse, delta, dqacc, dk, dv, Tq, H, KH, {},  \
+                                              ks, vs, {}, dks, dvs, scale, flags, &qmap, &dmap);                \
     }                                                                                                           \
     extern "C" __global__ void flash_backward_hopper_dq_cast_##n##_d##D(const float* dqacc, T* dq, int B,       \
         int Tq, int H, Strides3 dqs, float* colsum)                                                             \

@@ -9,7 +9,7 @@ internal sealed record KernelResources(string Name, int Registers, int SpillStor
 /// NVRTC's log of a compilation with <c>--ptxas-options=-v</c>, read: the kernels the assembler reported (in order), and those
 /// whose wgmma it serialized, so that each product waits for the one before, with the warning's code and reason (C7515: an
 /// instruction other than a wgmma writes an accumulator register inside a pipeline stage; C7513: likewise an input register
-/// of a product in flight, or too few registers).
+/// of a product in flight; C7512: too few registers).
 /// </summary>
 internal sealed partial record AssemblerReport(List<KernelResources> Kernels, List<string> Serialized, Dictionary<string, string> Why)
 {

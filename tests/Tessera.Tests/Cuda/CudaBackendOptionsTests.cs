@@ -45,6 +45,7 @@ public sealed class CudaBackendOptionsTests
         ProgrammaticDependentLaunch = false,
         SpecializedPagedAttention = false,
         HopperAttention = !CudaBackendOptions.Default.HopperAttention,
+        HopperAttentionBackwardTensorMaps = !CudaBackendOptions.Default.HopperAttentionBackwardTensorMaps,
         HopperAttentionBackward = !CudaBackendOptions.Default.HopperAttentionBackward,
         HopperAttentionWarpgroups = 1,
         HopperBackwardVariant = 3,

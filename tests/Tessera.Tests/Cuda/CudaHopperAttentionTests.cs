@@ -32,6 +32,11 @@ public sealed class HopperAttentionFixture : IDisposable
             {
                 HopperAttention = true, HopperAttentionBackward = true, HopperBackwardVariant = v, ProfileOps = true,
             }))];
+            TensorMapVariants = [.. new[] { 2, 3, 6, 9 }.Select(v => new CudaBackend(0, CudaBackendOptions.Default with
+            {
+                HopperAttention = true, HopperAttentionBackward = true, HopperBackwardVariant = v, HopperAttentionBackwardTensorMaps = true,
+                ProfileOps = true,
+            }))];
         }
         catch (Exception e) when (e is Tessera.Cuda.Interop.CudaUnavailableException or DllNotFoundException or EntryPointNotFoundException)
         {
@@ -45,6 +50,9 @@ public sealed class HopperAttentionFixture : IDisposable
     public CudaBackend? OneWarpgroup { get; }
     /// <summary>The second backward kernel's variants (<see cref="CudaBackendOptions.HopperBackwardVariant"/> 2 to 10), one backend each.</summary>
     public IReadOnlyList<CudaBackend> BackwardVariants { get; } = [];
+    /// <summary>The variants of the second backward that its v2t build serves (2, 3, 6, 9), with Q and dO by the tensor memory
+    /// accelerator (<see cref="CudaBackendOptions.HopperAttentionBackwardTensorMaps"/>).</summary>
+    public IReadOnlyList<CudaBackend> TensorMapVariants { get; } = [];
     /// <summary>The default options (profiled): which backward they choose.</summary>
     public CudaBackend? Defaults { get; }
     public string? Reason { get; }
@@ -52,6 +60,7 @@ public sealed class HopperAttentionFixture : IDisposable
     public void Dispose()
     {
         foreach (var be in BackwardVariants) be.Dispose();
+        foreach (var be in TensorMapVariants) be.Dispose();
         Defaults?.Dispose();
         Hopper?.Dispose();
         OneWarpgroup?.Dispose();
@@ -194,6 +203,7 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
         // The second backward kernel, each variant (overlapped products; largest work first; dQ by bulk reductions of tiles;
         // dQ before dK): every variant runs and reports before the first failure is raised.
         var failures = new List<string>();
+        var byVariant = new Dictionary<int, (double[] Dq, double[] Dk, double[] Dv)>();
         foreach (var be in fixture.BackwardVariants)
         {
             int variant = be.Options.HopperBackwardVariant;
@@ -201,6 +211,7 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
             {
                 be.Profiler!.Reset();
                 var (dq2, dk2, dv2) = Backward(be, dtype, q, k, v, o, dO, lse, b, t, h, kh, d, scale);
+                byVariant[variant] = (dq2, dk2, dv2);
                 var names = be.Profiler.Totals().Select(r => r.Name).ToList();
                 Assert.Contains($"flash_backward_hopper_{(variant is 5 or 7 or 8 or 10 ? "v2x" : "v2")}_{(dtype == DType.BF16 ? "bf16" : "f16")}_d{d}", names);
                 if (variant is 3 or 6 or 7 or 8 or 9 or 10) Assert.Contains($"flash_backward_hopper_dq_cast_{(dtype == DType.BF16 ? "bf16" : "f16")}_d{d}", names);
@@ -210,6 +221,33 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
             catch (Xunit.Sdk.XunitException e)
             {
                 failures.Add(e.Message);
+            }
+        }
+        // The v2t build: the same products in the same order from the same tiles (a tile's rows past T are the next
+        // sequence's instead of zeros, and masked), so each variant's dK and dV bit for bit; dQ is summed across CTAs by
+        // reductions in no fixed order (no two runs of one kernel agree to the bit), so within OutTolerance of its build's.
+        foreach (var be in fixture.TensorMapVariants)
+        {
+            int variant = be.Options.HopperBackwardVariant;
+            be.Profiler!.Reset();
+            var (dqT, dkT, dvT) = Backward(be, dtype, q, k, v, o, dO, lse, b, t, h, kh, d, scale);
+            var names = be.Profiler.Totals().Select(r => r.Name).ToList();
+            if (!names.Contains($"flash_backward_hopper_v2t_{(dtype == DType.BF16 ? "bf16" : "f16")}_d{d}"))
+                failures.Add($"{where}: variant {variant} with tensor maps ran {string.Join(", ", names)}");
+            else if (!byVariant.TryGetValue(variant, out var plain))
+                failures.Add($"{where}: variant {variant} without tensor maps failed above");
+            else
+            {
+                int differ = Enumerable.Range(0, dkT.Length).Count(i => dkT[i] != plain.Dk[i]) + Enumerable.Range(0, dvT.Length).Count(i => dvT[i] != plain.Dv[i]);
+                if (differ != 0) failures.Add($"{where}: variant {variant} with tensor maps differs from its cp.async build in {differ} dK and dV elements");
+                try
+                {
+                    AssertClose(plain.Dq, dqT, OutTolerance, $"{where}: variant {variant} with tensor maps dq vs its cp.async build");
+                }
+                catch (Xunit.Sdk.XunitException e)
+                {
+                    failures.Add(e.Message);
+                }
             }
         }
         Assert.True(failures.Count == 0, string.Join("\n", failures));

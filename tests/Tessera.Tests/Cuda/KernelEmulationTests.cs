@@ -533,6 +533,8 @@ public sealed class KernelEmulationTests
              "hopper backward B=3 H=4 KH=2 T=150 D=64 v2 flags=1066 dQ column sums",
              "hopper backward B=1 H=4 KH=2 T=150 D=64 v2 flags=2 dQ column sums", "hopper backward B=1 H=4 KH=2 T=150 D=64 v2 flags=11 dQ column sums",
              "hopper backward B=1 H=2 KH=1 T=100 D=128 v2 flags=2 dQ column sums", "hopper backward B=2 H=2 KH=2 T=200 D=128 v2 flags=3 dQ column sums",
+             "hopper backward B=3 H=4 KH=2 T=150 D=64 v2t flags=1058 dQ", "hopper backward B=3 H=4 KH=2 T=150 D=64 v2t flags=1058 dK",
+             "hopper backward B=2 H=4 KH=2 T=100 D=64 v2t flags=0 dV", "hopper backward B=2 H=2 KH=1 T=100 D=128 v2t flags=2 dQ column sums",
              "hopper paged prefill B=4 N=373 H=2 KH=1 D=64 WGS=1: short sequences untouched",
              "hopper paged prefill B=2 N=195 H=4 KH=2 D=128 WGS=2",
              "hopper paged prefill B=4 N=373 H=2 KH=1 D=64 WGS=1 int8: short sequences untouched",

@@ -91,7 +91,8 @@ static void run(int B, int H, int KH, int Tq, int S, int D, int WGS)
 // (CudaBackendOptions.HopperBackwardVariant's: 1 largest work first, 2 dQ by bulk reductions of fragment-order tiles then
 // flash_backward_hopper_dq_cast, 4 dQ's product first, 8 with 2 and D 64 the dQ tile in its own buffer; 4 and 8 in the v2x
 // build; 32 largest first within windows of flags >> 8 (kv head, batch) pairs).
-static void run_backward(int B, int H, int KH, int T, int D, int WGS, int flags = -1)
+// tma (with flags >= 0, no 4 or 8): the v2t build, Q and dO by the tensor memory accelerator from 2D maps of q and dout.
+static void run_backward(int B, int H, int KH, int T, int D, int WGS, int flags = -1, bool tma = false)
 {
     std::mt19937 rng(29 + B * 7 + H * 5 + T * 3 + D + WGS);
     std::uniform_real_distribution<float> u(-1, 1);
@@ -176,6 +177,17 @@ static void run_backward(int B, int H, int KH, int T, int D, int WGS, int flags 
         else launch(WGS == 2 ? flash_backward_hopper_bf16_d128 : flash_backward_hopper_wg1_bf16_d128);
     }
     else if (flags & 12) launch2(D == 64 ? flash_backward_hopper_v2x_bf16_d64 : flash_backward_hopper_v2x_bf16_d128);
+    else if (tma)
+    {
+        // q and dout as (B T rows of H D values) in boxes of 64 by 64, as the host encodes them
+        TensorMap qm, dm;
+        emu_tensor_map_2d(&qm, q.data(), H * D, B * T, (unsigned long long)H * D * 2, 64, 64, 2);
+        emu_tensor_map_2d(&dm, dout.data(), H * D, B * T, (unsigned long long)H * D * 2, 64, 64, 2);
+        auto kernel = D == 64 ? flash_backward_hopper_v2t_bf16_d64 : flash_backward_hopper_v2t_bf16_d128;
+        int f = flags;
+        emu_launch(dim3{blocks, (unsigned)KH, (unsigned)B}, 128,
+                   [&] { kernel(qm, dm, pk, pv, pl, pdel, pacc, pdk, pdv, t_, h_, kh, ks, ks, ks, ks, sc, f); });
+    }
     else launch2(D == 64 ? flash_backward_hopper_v2_bf16_d64 : flash_backward_hopper_v2_bf16_d128);
     std::vector<float> gq(nq);
     if (tiles)
@@ -198,7 +210,7 @@ static void run_backward(int B, int H, int KH, int T, int D, int WGS, int flags 
     // 1.5e-2 of the largest gradient; a wrong key, query, head or mask is O(1).
     char kind[32];
     if (flags < 0) snprintf(kind, sizeof kind, "WGS=%d", WGS);
-    else snprintf(kind, sizeof kind, "v2 flags=%d", flags);
+    else snprintf(kind, sizeof kind, "%s flags=%d", tma ? "v2t" : "v2", flags);
     snprintf(name, sizeof name, "hopper backward B=%d H=%d KH=%d T=%d D=%d %s dQ", B, H, KH, T, D, kind);
     check(name, edq, gq, 1.5e-2, true);
     snprintf(name, sizeof name, "hopper backward B=%d H=%d KH=%d T=%d D=%d %s dK", B, H, KH, T, D, kind);
@@ -325,6 +337,11 @@ int main()
     // Variants 9 and 10: largest first within windows of 4 (kv head, batch) pairs, over 6 pairs (a partial last window)
     for (int flags : {34 | 4 << 8, 42 | 4 << 8})
         run_backward(3, 4, 2, 150, 64, 1, flags);
+    // The v2t build (Q and dO by the tensor memory accelerator): the default variant 9's flags over two sequences (a tile's rows
+    // past T are the next sequence's, masked), the per-element dQ reductions, and head size 128
+    run_backward(3, 4, 2, 150, 64, 1, 34 | 4 << 8, true);
+    run_backward(2, 4, 2, 100, 64, 1, 0, true);
+    run_backward(2, 2, 1, 100, 128, 1, 2, true);
     run_backward(1, 2, 1, 100, 128, 1, 2);      // D 128 with the bulk-reduced dQ tiles
     run_backward(2, 2, 2, 200, 128, 1, 3);      // D 128, two batches: two partial rows a query block
     run_paged({100, 3, 70, 200}, {300, 40, 70, 260}, 2, 1, 64, 1, 8);   // chunks after cached context; a 3-row sequence left alone
