@@ -344,11 +344,12 @@ public sealed record CudaBackendOptions
     public bool HopperAttentionBackward { get; init; } = true;
 
     /// <summary>
-    /// The second Hopper attention backward (variants 2, 3, 6, 9, 10 of <see cref="HopperBackwardVariant"/>) copies each query
+    /// The second Hopper attention backward (variants 2, 3, 4, 6 and 9 of <see cref="HopperBackwardVariant"/>: those without the v2x build) copies each query
     /// block's Q and dO tiles by the tensor memory accelerator, one thread issuing them (<c>flash_backward_hopper_v2t</c>),
     /// where q and dout are one (B T, H D) matrix each (the fused QKV's q, a contiguous dO), instead of every thread's
     /// cp.async copies: ncu counted those at 172 instructions a warp a block, a fifth of the kernel's. The same products in
-    /// the same order: the same results bit for bit. Default false until measured on the device.
+    /// the same order: dK and dV the same bits, dQ within its cross-CTA reductions' rounding (they run in no fixed order).
+    /// Default false until measured on the device.
     /// </summary>
     public bool HopperAttentionBackwardTensorMaps { get; init; }
 

@@ -32,7 +32,7 @@ public sealed class HopperAttentionFixture : IDisposable
             {
                 HopperAttention = true, HopperAttentionBackward = true, HopperBackwardVariant = v, ProfileOps = true,
             }))];
-            TensorMapVariants = [.. new[] { 2, 3, 6, 9 }.Select(v => new CudaBackend(0, CudaBackendOptions.Default with
+            TensorMapVariants = [.. new[] { 2, 3, 4, 6, 9 }.Select(v => new CudaBackend(0, CudaBackendOptions.Default with
             {
                 HopperAttention = true, HopperAttentionBackward = true, HopperBackwardVariant = v, HopperAttentionBackwardTensorMaps = true,
                 ProfileOps = true,
@@ -50,7 +50,7 @@ public sealed class HopperAttentionFixture : IDisposable
     public CudaBackend? OneWarpgroup { get; }
     /// <summary>The second backward kernel's variants (<see cref="CudaBackendOptions.HopperBackwardVariant"/> 2 to 10), one backend each.</summary>
     public IReadOnlyList<CudaBackend> BackwardVariants { get; } = [];
-    /// <summary>The variants of the second backward that its v2t build serves (2, 3, 6, 9), with Q and dO by the tensor memory
+    /// <summary>The variants of the second backward that its v2t build serves (2, 3, 4, 6, 9), with Q and dO by the tensor memory
     /// accelerator (<see cref="CudaBackendOptions.HopperAttentionBackwardTensorMaps"/>).</summary>
     public IReadOnlyList<CudaBackend> TensorMapVariants { get; } = [];
     /// <summary>The default options (profiled): which backward they choose.</summary>
