@@ -61,10 +61,13 @@ public sealed record CudaBackendOptions
     /// a (M, K) times b (K, N), a (K, M)^T times b (K, N)) with no fused epilogue but a bias or an addend, 16-bit, on a compute
     /// capability 9.0 device, run on Tessera's warp-specialized
     /// persistent wgmma kernel (gemm_hopper.cu: a producer warpgroup copying tiles by the tensor memory accelerator, two consumer
-    /// warpgroups) instead of cuBLASLt. It is the start of a product of ours at cuBLASLt's rate, which the fusions cuBLASLt
-    /// cannot do need. Default false until it measures at least level with cuBLASLt (docs/benchmarks.md, session 44).
+    /// warpgroups) instead of cuBLASLt, where it times faster shape by shape (<see cref="TimeHopperTrainingProducts"/>), and
+    /// the Llama MLP's SwiGLU forms (<see cref="CudaBackend.GateUpSwiGlu"/>, <see cref="CudaBackend.DownSwiGluBackward"/>) on it.
+    /// Default true since session 48: with SwiGLU's sigmoid on the special-function unit the llama-1b step ran 233.5 ms
+    /// against 235.9 and 238.0 on cuBLASLt (8 x 2048) and 258.8 against 260.6 (4 x 4096), H100, session 47, its 50-step loss
+    /// curve inside the run-to-run spread (docs/benchmarks.md).
     /// </summary>
-    public bool HopperTrainingProducts { get; init; }
+    public bool HopperTrainingProducts { get; init; } = true;
 
     /// <summary>
     /// The output tile's columns on <see cref="HopperTrainingProducts"/>' kernel: 256 (128 accumulators a consumer thread, 4

@@ -19,7 +19,7 @@ public sealed class CudaBackendOptionsTests
         EarlyWeightLoads = false,
         HopperDecodeProducts = false,
         DecodeProductTensorMaps = true,
-        HopperTrainingProducts = true,
+        HopperTrainingProducts = false,
         HopperTrainingProductColumns = 128,
         HopperTrainingProductMulticast = false,
         HopperTrainingProductStagedStores = false,

@@ -147,7 +147,8 @@ public sealed class CudaHopperMatMulTests(CudaFixture fixture) : CudaTestBase(fi
         var product = new Product(dtype, layout, m, n, k, ld, alpha, beta, withBias ? biasv : null, addend ? addv : null);
         var got = product.Run(hopper, av, bv, c0);
         AssertRanOn(hopper, dtype, layout, columns, multicast);
-        var cublas = product.Run(Gpu, av, bv, c0);
+        using var cublasLt = CublasLtBackend();
+        var cublas = product.Run(cublasLt, av, bv, c0);
         double[] sa = Stored(av, dtype), sb = Stored(bv, dtype), sbias = Stored(biasv, dtype), sc = Stored(addend ? addv : c0, dtype);
         double[] sc0 = Stored(c0, dtype);
         var expected = new double[m * n];
@@ -190,7 +191,8 @@ public sealed class CudaHopperMatMulTests(CudaFixture fixture) : CudaTestBase(fi
         var product = new Product(DType.BF16, layout, m, n, k, n, 1.0, 0.0, null, null);
         var got = product.Run(hopper, av, bv, c0);
         AssertRanOn(hopper, DType.BF16, layout, columns, multicast);
-        var cublas = product.Run(Gpu, av, bv, c0);
+        using var cublasLt = CublasLtBackend();
+        var cublas = product.Run(cublasLt, av, bv, c0);
         AssertClose(cublas, got, Tolerance(DType.BF16), $"gemm_hopper against cuBLASLt bf16 {layout} {m}x{n}x{k} n{columns} multicast {multicast}");
     }
 
@@ -224,7 +226,7 @@ public sealed class CudaHopperMatMulTests(CudaFixture fixture) : CudaTestBase(fi
 
     /// <summary>
     /// <see cref="IBackend.GateUpSwiGlu"/> on gemm_hopper's SwiGLU form (the gate and up sums of 128 outputs in one tile, both
-    /// halves of gateUp and SiLU(gate) * up stored from the epilogue): gateUp against the default backend's product (cuBLASLt)
+    /// halves of gateUp and SiLU(gate) * up stored from the epilogue): gateUp against cuBLASLt's product
     /// within 1e-2, and the activation bit for bit against <see cref="IBackend.SwiGluForward"/> on the gateUp it stored;
     /// F short of a tile, in clusters of two and without, the row padding of both outputs untouched.
     /// </summary>
@@ -252,7 +254,8 @@ public sealed class CudaHopperMatMulTests(CudaFixture fixture) : CudaTestBase(fi
         }
         var fused = Run(hopper);
         Assert.Contains(hopper.Profiler!.Totals(), r => r.Name.StartsWith($"gemm_hopper_swiglu{(multicast ? "_mc" : "")}_bf16_n256 ", StringComparison.Ordinal));
-        var plain = Run(Gpu);
+        using var cublasLt = CublasLtBackend();
+        var plain = Run(cublasLt);
         double[] sgu0 = Stored(gu0, DType.BF16), sa0 = Stored(a0, DType.BF16);
         var (got, want) = (new double[m * 2 * f], new double[m * 2 * f]);
         for (int r = 0; r < m; r++)
@@ -267,8 +270,8 @@ public sealed class CudaHopperMatMulTests(CudaFixture fixture) : CudaTestBase(fi
 
     /// <summary>
     /// <see cref="IBackend.DownSwiGluBackward"/> on gemm_hopper's SwiGLU gradient form (the down product's input gradient dA,
-    /// g and u read into the epilogue in the 64-byte swizzle, dg and du stored from it): dGateUp against the default backend's
-    /// composition (cuBLASLt, then SwiGluBackward) within 1e-2 norm-wise (a bf16 output from fp32 sums in another order), and
+    /// g and u read into the epilogue in the 64-byte swizzle, dg and du stored from it): dGateUp against the
+    /// composition of cuBLASLt's product and SwiGluBackward within 1e-2 norm-wise (a bf16 output from fp32 sums in another order), and
     /// bit for bit against <see cref="IBackend.SwiGluBackward"/> applied to the same backend's plain nn product (gemm_hopper's,
     /// the same sums); F short of a tile, in clusters of two and without, dGateUp's row padding untouched, gateUp unchanged.
     /// Overlapped: each tile's epilogue deferred into the next tile's first k-tiles, which needs more tiles than the H100's
@@ -300,7 +303,8 @@ public sealed class CudaHopperMatMulTests(CudaFixture fixture) : CudaTestBase(fi
         }
         var fused = Run(hopper);
         Assert.Contains(hopper.Profiler!.Totals(), r => r.Name.StartsWith($"gemm_hopper_dswiglu{(multicast ? "_mc" : "")}_bf16_n256 ", StringComparison.Ordinal));
-        var plain = Run(Gpu);
+        using var cublasLt = CublasLtBackend();
+        var plain = Run(cublasLt);
         double[] sd0 = Stored(d0, DType.BF16), sgu = Stored(guv, DType.BF16);
         var (got, want) = (new double[m * 2 * f], new double[m * 2 * f]);
         for (int r = 0; r < m; r++)
@@ -338,6 +342,10 @@ public sealed class CudaHopperMatMulTests(CudaFixture fixture) : CudaTestBase(fi
             return Download(backend, c);
         }
     }
+
+    /// <summary>The reference: the products on cuBLASLt (and the SwiGLU forms composed of its product and the element-wise
+    /// kernels), whatever the default (<see cref="CudaBackendOptions.HopperTrainingProducts"/> is true by default).</summary>
+    private CudaBackend CublasLtBackend() => new(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { HopperTrainingProducts = false });
 
     /// <summary>A backend with the Hopper training products at <paramref name="columns"/> a tile (in clusters of two sharing
     /// B by multicast, or not) and the op profiler; skips the test, saying why, on a device other than compute capability 9.0.</summary>
