@@ -69,13 +69,36 @@ public sealed unsafe partial class CudaBackend
     private void HopperForward(DType dtype, int b, int t, int s, int h, int kh, int d, ulong pq, ulong pk, ulong pv, ulong po, ulong pl,
         Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, float sc, ulong starts)
     {
-        void** args = stackalloc void*[] { &pq, &pk, &pv, &po, &pl, &t, &s, &h, &kh, &sq, &sk, &sv, &so, &sc, &starts };
         int wgs = HopperForwardWarpgroups(d), rows = HopperWarpgroupRows * wgs;
         uint shared = HopperForwardShared(rows, d);
+        var grid = ((uint)((t + rows - 1) / rows), (uint)h, (uint)b);
+        // The tensor-map build (K and V by the tensor memory accelerator) exists at each head size's default warpgroups.
+        if (Options.HopperAttentionForwardTensorMaps && starts == 0 && wgs == (d == 64 ? 1 : 2) && ForwardTensorMapsFit(s, d, pk, sk, pv, sv))
+        {
+            byte* buffer = stackalloc byte[2 * 128 + 64];
+            byte* kmap = (byte*)(((nint)buffer + 63) & ~(nint)63), vmap = kmap + 128;
+            // k and v as (B S rows of KH D values) in boxes of 128 rows (a key block) by 64 values (the 128-byte swizzle)
+            EncodeTensorMap(kmap, dtype, pk, kh * d, b * s, sk.T, HopperKeys);
+            EncodeTensorMap(vmap, dtype, pv, kh * d, b * s, sv.T, HopperKeys);
+            void** targs = stackalloc void*[] { kmap, vmap, &pq, &po, &pl, &t, &s, &h, &kh, &sq, &so, &sc };
+            string tkernel = "flash_forward_hopper_" + FlashSuffix(dtype, d) + "_t";
+            PreferSharedMemory(HopperFile, tkernel);
+            Launch(HopperFile, tkernel, grid, (uint)(HopperWarpgroupThreads * wgs), targs, shared + 16);   // + the two stages' mbarriers
+            return;
+        }
+        void** args = stackalloc void*[] { &pq, &pk, &pv, &po, &pl, &t, &s, &h, &kh, &sq, &sk, &sv, &so, &sc, &starts };
         string kernel = "flash_forward_hopper_" + (wgs == 1 ? "wg1_" : "") + FlashSuffix(dtype, d);
         PreferSharedMemory(HopperFile, kernel);
-        Launch(HopperFile, kernel, ((uint)((t + rows - 1) / rows), (uint)h, (uint)b), (uint)(HopperWarpgroupThreads * wgs), args, shared);
+        Launch(HopperFile, kernel, grid, (uint)(HopperWarpgroupThreads * wgs), args, shared);
     }
+
+    /// <summary>
+    /// Whether k and v can be read as 2D tensors by the tensor memory accelerator in the forward: heads D apart and sequences
+    /// S rows apart (one (B S, KH D) matrix each, as the fused QKV's k and v are), 16-byte aligned starts and row strides.
+    /// </summary>
+    private static bool ForwardTensorMapsFit(int s, int d, ulong pk, Strides3 sk, ulong pv, Strides3 sv) =>
+        sk.H == d && sk.B == (long)s * sk.T && sv.H == d && sv.B == (long)s * sv.T
+        && pk % 16 == 0 && pv % 16 == 0 && sk.T * 2 % 16 == 0 && sv.T * 2 % 16 == 0;
 
     // The backward's main kernel: CTAs of 64 keys per warpgroup walking query blocks of 64 rows. delta and the fp32 dQ
     // accumulator come from flash_attention.cu's preprocess, which zeroes it; a cast kernel rounds dQ into dq.

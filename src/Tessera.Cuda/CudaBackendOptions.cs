@@ -357,6 +357,16 @@ public sealed record CudaBackendOptions
     public bool HopperAttentionBackwardTensorMaps { get; init; }
 
     /// <summary>
+    /// The Hopper attention forward copies each key/value block by the tensor memory accelerator, one thread issuing it
+    /// (<c>flash_forward_hopper_*_t</c>), where k and v are one (B S, KH D) matrix each (the fused QKV's k and v) and no KV
+    /// cache's lengths are given, at each head size's default warpgroups (one at 64, two at 128), instead of every thread's
+    /// cp.async copies: ncu counted those at about 150 of the ~712 instructions a warp issues a key block (the assembled
+    /// kernel: 1,800 instructions against 1,328 at head size 64). The same products in the same order: the same bits.
+    /// Default false until measured on the device.
+    /// </summary>
+    public bool HopperAttentionForwardTensorMaps { get; init; }
+
+    /// <summary>
     /// Warpgroups (128 threads, 64 query rows in the forward, 64 keys in the backward) per CTA of the Hopper kernels: 1 or 2,
     /// or 0 for the measured best of each kernel and head size. Two share each key/value (forward) or query (backward) tile
     /// between them; one leaves the CTAs independent, so more of them share an SM and interleave. Default 0: the forward
@@ -610,6 +620,7 @@ public sealed record CudaBackendOptions
         if (SpecializedPagedAttention != d.SpecializedPagedAttention) parts.Add($"{nameof(SpecializedPagedAttention)}={Bool(SpecializedPagedAttention)}");
         if (HopperAttention != d.HopperAttention) parts.Add($"{nameof(HopperAttention)}={Bool(HopperAttention)}");
         if (HopperAttentionBackwardTensorMaps != d.HopperAttentionBackwardTensorMaps) parts.Add($"{nameof(HopperAttentionBackwardTensorMaps)}={Bool(HopperAttentionBackwardTensorMaps)}");
+        if (HopperAttentionForwardTensorMaps != d.HopperAttentionForwardTensorMaps) parts.Add($"{nameof(HopperAttentionForwardTensorMaps)}={Bool(HopperAttentionForwardTensorMaps)}");
         if (HopperAttentionBackward != d.HopperAttentionBackward) parts.Add($"{nameof(HopperAttentionBackward)}={Bool(HopperAttentionBackward)}");
         if (HopperAttentionWarpgroups != d.HopperAttentionWarpgroups) parts.Add(Invariant($"{nameof(HopperAttentionWarpgroups)}={HopperAttentionWarpgroups}"));
         if (HopperBackwardVariant != d.HopperBackwardVariant) parts.Add(Invariant($"{nameof(HopperBackwardVariant)}={HopperBackwardVariant}"));
@@ -695,6 +706,7 @@ public sealed record CudaBackendOptions
         [nameof(ProgrammaticDependentLaunch)] = (o, v, s) => o with { ProgrammaticDependentLaunch = ParseBool(v, s) },
         [nameof(HopperAttention)] = (o, v, s) => o with { HopperAttention = ParseBool(v, s) },
         [nameof(HopperAttentionBackwardTensorMaps)] = (o, v, s) => o with { HopperAttentionBackwardTensorMaps = ParseBool(v, s) },
+        [nameof(HopperAttentionForwardTensorMaps)] = (o, v, s) => o with { HopperAttentionForwardTensorMaps = ParseBool(v, s) },
         [nameof(HopperAttentionBackward)] = (o, v, s) => o with { HopperAttentionBackward = ParseBool(v, s) },
         [nameof(HopperAttentionWarpgroups)] = (o, v, s) => o with { HopperAttentionWarpgroups = ParseInt(v, s) },
         [nameof(HopperBackwardVariant)] = (o, v, s) => o with { HopperBackwardVariant = ParseInt(v, s) },

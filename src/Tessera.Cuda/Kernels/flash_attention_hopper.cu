@@ -140,9 +140,15 @@ __device__ __forceinline__ void forward_store_rows(const float* oacc, const floa
 // (row strides q_t, o_t); keys and values through kr, vr (DenseRowsSw128 or PagedRowsSw128); lse_row: the head's (Tq)
 // log-sum-exps, or null. 128 WGS threads; dynamic shared memory 1,024 (alignment) + 64 WGS D 2 (Q) + 4 * 128 D 2 (two
 // stages of K and V) bytes.
-template <typename T, int D, int WGS, typename Rows>
+// TMA (flash_forward_hopper_t / _wg1t): each key/value block comes by the tensor memory accelerator instead of every thread's
+// cp.async copies (ncu: about 150 of the ~712 instructions a warp issues a key block went to them), one thread issuing the
+// block's boxes onto its stage's mbarrier (16 bytes after the V stages). kmap and vmap: k and v as 2D (B S rows of KH D values,
+// the host takes this path only where heads are D apart and batches S rows apart) in boxes of 128 rows by 64 values, the
+// 128-byte swizzle; this head's keys start at row krow, column kcol. A block's rows past S are the next sequence's (or zeros
+// past the last): their scores are masked (causal, S - 1 at most), so they add nothing, as the cp.async copies' zeros did.
+template <typename T, int D, int WGS, bool TMA = false, typename Rows>
 __device__ void hopper_forward_tile(const T* qb, i64 q_t, Rows kr, Rows vr, T* ob, i64 o_t, float* lse_row, int Tq, int S,
-    int mb, float scale)
+    int mb, float scale, const TensorMap* kmap = nullptr, const TensorMap* vmap = nullptr, int krow = 0, int kcol = 0)
 {
     constexpr int BM = 64 * WGS, BN = 128, KD = D / 16, NT = 128 * WGS;
     extern __shared__ unsigned char smem_raw[];
@@ -154,9 +160,39 @@ __device__ void hopper_forward_tile(const T* qb, i64 q_t, Rows kr, Rows vr, T* o
     const int lastKey = min(S - 1, offset + min(Tq - 1, m0 + BM - 1));
     const int nblocks = lastKey / BN + 1;
 
+    const unsigned full0 = sV + 2 * BN * D * 2;   // TMA: stage st's K and V complete on the mbarrier at full0 + 8 st
+    auto issue = [&](int nb, int st) {   // key/value block nb into stage st
+        if constexpr (TMA)
+        {
+            if (tid == 0)
+            {
+                mbar_arrive_expect_tx(full0 + 8 * st, 2 * BN * D * 2);
+#pragma unroll
+                for (int h = 0; h < D / 64; h++)   // 64-value column blocks, BN rows of 128 bytes each
+                {
+                    tma_load_2d(sK + st * BN * D * 2 + h * BN * 128, kmap, kcol + 64 * h, krow + nb * BN, full0 + 8 * st);
+                    tma_load_2d(sV + st * BN * D * 2 + h * BN * 128, vmap, kcol + 64 * h, krow + nb * BN, full0 + 8 * st);
+                }
+            }
+        }
+        else
+        {
+            kr.template load<D, BN, NT>(sK + st * BN * D * 2, nb * BN, S, tid);
+            vr.template load<D, BN, NT>(sV + st * BN * D * 2, nb * BN, S, tid);
+        }
+    };
+    if constexpr (TMA)
+    {
+        if (tid == 0)
+        {
+            mbar_init(full0, 1);
+            mbar_init(full0 + 8, 1);
+            mbar_fence_init();
+        }
+        __syncthreads();
+    }
     load_tile_sw128_bounded<D, BM, NT>(sQ, qb, q_t, m0, Tq, tid);
-    kr.template load<D, BN, NT>(sK, 0, S, tid);
-    vr.template load<D, BN, NT>(sV, 0, S, tid);
+    issue(0, 0);
     cp_async_commit();
 
     // This warpgroup's rows r0 .. r0 + 63; the last key any of them sees; this thread's two rows' key positions.
@@ -173,13 +209,17 @@ __device__ void hopper_forward_tile(const T* qb, i64 q_t, Rows kr, Rows vr, T* o
     for (int nb = 0; nb < nblocks; nb++)
     {
         const int st = nb & 1;
-        if (nb + 1 < nblocks)
+        if (nb + 1 < nblocks) issue(nb + 1, st ^ 1);
+        if constexpr (TMA)
         {
-            kr.template load<D, BN, NT>(sK + (st ^ 1) * BN * D * 2, (nb + 1) * BN, S, tid);
-            vr.template load<D, BN, NT>(sV + (st ^ 1) * BN * D * 2, (nb + 1) * BN, S, tid);
+            cp_async_wait<0>();                        // Q (the only cp.async copies)
+            mbar_wait(full0 + 8 * st, (nb >> 1) & 1);  // the stage's (nb >> 1)-th fill
         }
-        cp_async_commit();
-        cp_async_wait<1>();
+        else
+        {
+            cp_async_commit();
+            cp_async_wait<1>();
+        }
         fence_async_shared();
         __syncthreads();
         const int n0 = nb * BN;
@@ -232,6 +272,18 @@ __device__ void hopper_forward(const T* q, const T* k, const T* v, T* o, float* 
                                    lse ? lse + ((i64)b * H + h) * Tq : nullptr, Tq, S, mb, scale);
 }
 
+// The dense forward with K and V by the tensor memory accelerator (kmap, vmap: see hopper_forward_tile's TMA); q, o and lse as
+// hopper_forward's. No KV cache (starts): the host keeps those calls on hopper_forward.
+template <typename T, int D, int WGS>
+__device__ void hopper_forward_tma(const TensorMap* kmap, const TensorMap* vmap, const T* q, T* o, float* lse, int Tq, int S,
+    int H, int KH, Strides3 qs, Strides3 os, float scale)
+{
+    const int mb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z, kvh = h / (H / KH);
+    const DenseRowsSw128<T> unused{nullptr, 0};
+    hopper_forward_tile<T, D, WGS, true>(q + b * qs.b + (i64)h * qs.h, qs.t, unused, unused, o + b * os.b + (i64)h * os.h, os.t,
+                                         lse ? lse + ((i64)b * H + h) * Tq : nullptr, Tq, S, mb, scale, kmap, vmap, b * S, kvh * D);
+}
+
 // Paged prefill (serving) on this tile: flash_attention.cu's paged_prefill contract and arguments (q (N, H, D) with row
 // stride q_n and head stride q_h, out (N, H, D) contiguous, tables (B, max_blocks), starts (B + 1), lengths (B); sequence
 // b's rows are its queries at positions lengths[b] - rows .. lengths[b] - 1; only sequences of at least min_rows rows), and
@@ -271,9 +323,19 @@ __device__ void paged_prefill_hopper(const T* q, const P* pool, T* out, const in
         hopper_forward<T, D, WGS>(q, k, v, o, lse, Tq, S, H, KH, qs, ks, vs, os, scale);                        \
     }
 
+// The tensor-map entry (K and V by the TMA) of the dense forward, at the warpgroups the host takes by default for D.
+#define HOPPER_FORWARD_TMA_ENTRY(name, T, D, WGS, CTAS)                                                         \
+    extern "C" __global__ void __launch_bounds__(128 * WGS, CTAS) name(const __grid_constant__ TensorMap kmap, \
+        const __grid_constant__ TensorMap vmap, const T* q, T* o, float* lse, int Tq, int S, int H, int KH,    \
+        Strides3 qs, Strides3 os, float scale)                                                                  \
+    {                                                                                                           \
+        hopper_forward_tma<T, D, WGS>(&kmap, &vmap, q, o, lse, Tq, S, H, KH, qs, os, scale);                    \
+    }
+
 #define HOPPER_FORWARD(n, T, D)                                                                                 \
     HOPPER_FORWARD_ENTRY(flash_forward_hopper_##n##_d##D, T, D, 2, 1)                                          \
-    HOPPER_FORWARD_ENTRY(flash_forward_hopper_wg1_##n##_d##D, T, D, 1, HOPPER_WG1_CTAS(D))
+    HOPPER_FORWARD_ENTRY(flash_forward_hopper_wg1_##n##_d##D, T, D, 1, HOPPER_WG1_CTAS(D))                     \
+    HOPPER_FORWARD_TMA_ENTRY(flash_forward_hopper_##n##_d##D##_t, T, D, (D == 64 ? 1 : 2), (D == 64 ? HOPPER_WG1_CTAS(D) : 1))
 
 HOPPER_FORWARD(bf16, bf16, 64)
 HOPPER_FORWARD(bf16, bf16, 128)

@@ -46,6 +46,7 @@ public sealed class CudaBackendOptionsTests
         SpecializedPagedAttention = false,
         HopperAttention = !CudaBackendOptions.Default.HopperAttention,
         HopperAttentionBackwardTensorMaps = !CudaBackendOptions.Default.HopperAttentionBackwardTensorMaps,
+        HopperAttentionForwardTensorMaps = !CudaBackendOptions.Default.HopperAttentionForwardTensorMaps,
         HopperAttentionBackward = !CudaBackendOptions.Default.HopperAttentionBackward,
         HopperAttentionWarpgroups = 1,
         HopperBackwardVariant = 3,

@@ -37,6 +37,7 @@ public sealed class HopperAttentionFixture : IDisposable
                 HopperAttention = true, HopperAttentionBackward = true, HopperBackwardVariant = v, HopperAttentionBackwardTensorMaps = true,
                 ProfileOps = true,
             }))];
+            ForwardTensorMaps = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttentionForwardTensorMaps = true, ProfileOps = true });
         }
         catch (Exception e) when (e is Tessera.Cuda.Interop.CudaUnavailableException or DllNotFoundException or EntryPointNotFoundException)
         {
@@ -53,6 +54,9 @@ public sealed class HopperAttentionFixture : IDisposable
     /// <summary>The variants of the second backward that its v2t build serves (2, 3, 4, 6, 9), with Q and dO by the tensor memory
     /// accelerator (<see cref="CudaBackendOptions.HopperAttentionBackwardTensorMaps"/>).</summary>
     public IReadOnlyList<CudaBackend> TensorMapVariants { get; } = [];
+    /// <summary>The default options with the forward's key/value blocks by the tensor memory accelerator
+    /// (<see cref="CudaBackendOptions.HopperAttentionForwardTensorMaps"/>), profiled.</summary>
+    public CudaBackend? ForwardTensorMaps { get; }
     /// <summary>The default options (profiled): which backward they choose.</summary>
     public CudaBackend? Defaults { get; }
     public string? Reason { get; }
@@ -62,6 +66,7 @@ public sealed class HopperAttentionFixture : IDisposable
         foreach (var be in BackwardVariants) be.Dispose();
         foreach (var be in TensorMapVariants) be.Dispose();
         Defaults?.Dispose();
+        ForwardTensorMaps?.Dispose();
         Hopper?.Dispose();
         OneWarpgroup?.Dispose();
         Flash2?.Dispose();
@@ -136,6 +141,18 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
         AssertClose(oC, o1, OutTolerance, $"{where}: one-warpgroup Hopper output vs the CPU backend");
         AssertClose(lC, l1, LseTolerance, $"{where}: one-warpgroup Hopper lse vs the CPU backend");
         AssertClose(oF, o1, OutTolerance, $"{where}: one-warpgroup Hopper output vs FlashAttention-2");
+
+        // The tensor-map build (K and V by the tensor memory accelerator) against the default tile it shares (one warpgroup at
+        // D 64, two at 128): the same products in the same order, a key block's rows past S the next sequence's (masked)
+        // instead of zeros, so the same bits.
+        var defaults = fixture.Defaults!;
+        var (oD, lD) = Forward(defaults, dtype, q, k, v, b, t, s, h, kh, d, scale);
+        var maps = fixture.ForwardTensorMaps!;
+        maps.Profiler!.Reset();
+        var (oT, lT) = Forward(maps, dtype, q, k, v, b, t, s, h, kh, d, scale);
+        Assert.Contains(maps.Profiler.Totals(), r => r.Name == $"flash_forward_hopper_{(dtype == DType.BF16 ? "bf16" : "f16")}_d{d}_t");
+        int differ = Enumerable.Range(0, oD.Length).Count(i => oD[i] != oT[i]) + Enumerable.Range(0, lD.Length).Count(i => lD[i] != lT[i]);
+        Assert.True(differ == 0, $"{where}: the tensor-map forward differs from the default's in {differ} output and lse elements");
     }
 
     [Theory]
@@ -340,6 +357,14 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
             TestContext.Current.TestOutputHelper?.WriteLine($"{where}: {what}: worst slice ({worstAt}) relative error {worst:E2} (bound 1e-2)");
             if (!(worst <= 1e-2)) failures.Add($"{where}: {what}: slice ({worstAt}) relative error {worst:E3} exceeds 1e-2");
         }
+        // The forward with K and V by the tensor memory accelerator from the fused activation's 2D maps: the default's bits.
+        var maps = fixture.ForwardTensorMaps!;
+        maps.Profiler!.Reset();
+        var xt = Run(maps, f.Out, f.Lse);
+        if (!maps.Profiler.Totals().Any(r => r.Name == $"flash_forward_hopper_bf16_d{d}_t"))
+            failures.Add($"{where}: HopperAttentionForwardTensorMaps ran {string.Join(", ", maps.Profiler.Totals().Select(r => r.Name))}");
+        int mapDiffer = Enumerable.Range(0, x.Out.Length).Count(i => x.Out[i] != xt.Out[i]) + Enumerable.Range(0, x.Lse.Length).Count(i => x.Lse[i] != xt.Lse[i]);
+        if (mapDiffer != 0) failures.Add($"{where}: the tensor-map forward differs from the default's in {mapDiffer} output and lse elements");
         Slices("default output vs FlashAttention-2", f.Out, x.Out, h);
         Slices("default dq vs FlashAttention-2", f.Dq, x.Dq, h);
         Slices("default dk vs FlashAttention-2", f.Dk, x.Dk, kh);

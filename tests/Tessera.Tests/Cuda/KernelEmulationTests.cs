@@ -525,6 +525,8 @@ public sealed class KernelEmulationTests
         RunEmulated(["hopper.cuh", "flash_attention_hopper.cu"], "hopper_attention",
             ["hopper forward B=1 H=2 KH=1 Tq=100 S=100 D=64 WGS=1", "hopper forward B=2 H=2 KH=2 Tq=70 S=200 D=64 WGS=2 lse",
              "hopper forward B=1 H=4 KH=2 Tq=130 S=130 D=128 WGS=1", "hopper forward B=1 H=2 KH=1 Tq=64 S=300 D=128 WGS=2 lse",
+             "hopper forward B=3 H=4 KH=2 Tq=150 S=150 D=64 WGS=1", "hopper forward B=3 H=4 KH=2 Tq=150 S=150 D=64 WGS=1 tma = cp.async bit for bit ok",
+             "hopper forward B=2 H=2 KH=1 Tq=70 S=200 D=128 WGS=2 lse", "hopper forward B=2 H=2 KH=1 Tq=70 S=200 D=128 WGS=2 tma = cp.async bit for bit ok",
              "hopper backward B=1 H=2 KH=1 T=100 D=64 WGS=1 dQ", "hopper backward B=2 H=2 KH=2 T=150 D=64 WGS=2 dK",
              "hopper backward B=1 H=2 KH=1 T=70 D=128 WGS=1 dV", "hopper backward B=1 H=4 KH=2 T=150 D=64 v2 flags=0 dQ",
              "hopper backward B=1 H=4 KH=2 T=150 D=64 v2 flags=3 dQ", "hopper backward B=1 H=4 KH=2 T=150 D=64 v2 flags=5 dK",

@@ -23,7 +23,9 @@ static void check(const char* what, const std::vector<double>& e, const std::vec
     report_error(what, 64, relative ? r.relative() : r.difference, tol, relative ? "rel err" : "abs err");
 }
 
-static void run(int B, int H, int KH, int Tq, int S, int D, int WGS)
+// tma: also the tensor-map build (flash_forward_hopper_*_t: K and V by the tensor memory accelerator from 2D maps of k and v;
+// WGS must be its warpgroups, 1 at D 64 and 2 at 128), which must give the cp.async build's bits.
+static void run(int B, int H, int KH, int Tq, int S, int D, int WGS, bool tma = false)
 {
     std::mt19937 rng(11 + B * 7 + H * 5 + Tq * 3 + S + D + WGS);
     std::uniform_real_distribution<float> u(-1, 1);
@@ -82,6 +84,23 @@ static void run(int B, int H, int KH, int Tq, int S, int D, int WGS)
     // The log-sum-exp in fp32 from the raw scores' max and exp2: 1e-3 absolute (values of order log S).
     snprintf(name, sizeof name, "hopper forward B=%d H=%d KH=%d Tq=%d S=%d D=%d WGS=%d lse", B, H, KH, Tq, S, D, WGS);
     check(name, lse_expected, lse, 1e-3, false);
+    if (!tma) return;
+    // k and v as (B S rows of KH D values) in boxes of 128 rows by 64 values, as the host encodes them
+    TensorMap km, vm;
+    emu_tensor_map_2d(&km, k.data(), KH * D, B * S, (unsigned long long)KH * D * 2, 64, 128, 2);
+    emu_tensor_map_2d(&vm, v.data(), KH * D, B * S, (unsigned long long)KH * D * 2, 64, 128, 2);
+    std::vector<bf16> o2(o.size());
+    std::vector<float> lse2(lse.size(), NAN);
+    bf16* po2 = o2.data();
+    float* pl2 = lse2.data();
+    auto kernel = D == 64 ? flash_forward_hopper_bf16_d64_t : flash_forward_hopper_bf16_d128_t;
+    emu_launch(dim3{tiles, (unsigned)H, (unsigned)B}, 128 * WGS, [&] { kernel(km, vm, pq, po2, pl2, tq, s_, h_, kh, qs, qs, sc); });
+    size_t differ = 0;
+    for (size_t i = 0; i < o.size(); i++) differ += to_f(o[i]) != to_f(o2[i]);
+    for (size_t i = 0; i < lse.size(); i++) differ += !(lse[i] == lse2[i]);
+    snprintf(name, sizeof name, "hopper forward B=%d H=%d KH=%d Tq=%d S=%d D=%d WGS=%d tma = cp.async bit for bit", B, H, KH, Tq, S, D, WGS);
+    printf("%-64s %s\n", name, differ ? "FAIL" : "ok");
+    if (differ) { printf("  %zu elements differ\n", differ); failures++; }
 }
 
 // The backward (flash_backward_hopper: the CTA's keys as wgmma's M dimension, dQ added into an fp32 accumulator by atomic
@@ -329,6 +348,8 @@ int main()
     run(2, 2, 2, 70, 200, 64, 2);     // two warpgroups (the second wholly past T in the last tile), a KV cache longer than T
     run(1, 4, 2, 130, 130, 128, 1);   // head size 128 (two swizzle blocks); keys past one block of 128
     run(1, 2, 1, 64, 300, 128, 2);    // D 128, two warpgroups, three key blocks
+    run(3, 4, 2, 150, 150, 64, 1, true);    // K and V by the TMA: three sequences (a block's rows past S the next one's), two key blocks
+    run(2, 2, 1, 70, 200, 128, 2, true);    // D 128 (two column boxes a block), a KV cache longer than T
     run_backward(1, 2, 1, 100, 64, 1);   // one warpgroup; a query block and a part; 2 query heads into one kv head's dK, dV
     run_backward(2, 2, 2, 150, 64, 2);   // two warpgroups (128 keys a CTA), the last CTA's second warpgroup past T
     run_backward(1, 2, 1, 70, 128, 1);   // head size 128: dQ in two 64-column halves
