@@ -1,4 +1,5 @@
 using Tessera.Tensors;
+using static Tessera.Cuda.Interop.CudaDriver;
 
 namespace Tessera.Cuda;
 
@@ -73,13 +74,13 @@ public sealed unsafe partial class CudaBackend
         uint shared = HopperForwardShared(rows, d);
         var grid = ((uint)((t + rows - 1) / rows), (uint)h, (uint)b);
         // The tensor-map build (K and V by the tensor memory accelerator) exists at each head size's default warpgroups.
-        if (Options.HopperAttentionForwardTensorMaps && starts == 0 && wgs == (d == 64 ? 1 : 2) && ForwardTensorMapsFit(s, d, pk, sk, pv, sv))
+        if (Options.HopperAttentionForwardTensorMaps && starts == 0 && wgs == (d == 64 ? 1 : 2) && ForwardTensorMapsFit(s, kh, d, pk, sk, pv, sv))
         {
             byte* buffer = stackalloc byte[2 * 128 + 64];
             byte* kmap = (byte*)(((nint)buffer + 63) & ~(nint)63), vmap = kmap + 128;
-            // k and v as (B S rows of KH D values) in boxes of 128 rows (a key block) by 64 values (the 128-byte swizzle)
-            EncodeTensorMap(kmap, dtype, pk, kh * d, b * s, sk.T, HopperKeys);
-            EncodeTensorMap(vmap, dtype, pv, kh * d, b * s, sv.T, HopperKeys);
+            // k and v as (B planes of S rows of KH D values) in boxes of 128 rows (a key block) by 64 values (the 128-byte swizzle)
+            EncodeSequenceTensorMap(kmap, dtype, pk, kh * d, s, b, sk.T, sk.B, HopperKeys);
+            EncodeSequenceTensorMap(vmap, dtype, pv, kh * d, s, b, sv.T, sv.B, HopperKeys);
             void** targs = stackalloc void*[] { kmap, vmap, &pq, &po, &pl, &t, &s, &h, &kh, &sq, &so, &sc };
             string tkernel = "flash_forward_hopper_" + FlashSuffix(dtype, d) + "_t";
             PreferSharedMemory(HopperFile, tkernel);
@@ -93,12 +94,38 @@ public sealed unsafe partial class CudaBackend
     }
 
     /// <summary>
-    /// Whether k and v can be read as 2D tensors by the tensor memory accelerator in the forward: heads D apart and sequences
-    /// S rows apart (one (B S, KH D) matrix each, as the fused QKV's k and v are), 16-byte aligned starts and row strides.
+    /// Whether k and v can be read by the tensor memory accelerator in the forward (<see cref="SequencesFitTensorMaps"/>).
     /// </summary>
-    private static bool ForwardTensorMapsFit(int s, int d, ulong pk, Strides3 sk, ulong pv, Strides3 sv) =>
-        sk.H == d && sk.B == (long)s * sk.T && sv.H == d && sv.B == (long)s * sv.T
-        && pk % 16 == 0 && pv % 16 == 0 && sk.T * 2 % 16 == 0 && sv.T * 2 % 16 == 0;
+    private static bool ForwardTensorMapsFit(int s, int kh, int d, ulong pk, Strides3 sk, ulong pv, Strides3 sv) =>
+        SequencesFitTensorMaps(s, kh, d, pk, sk) && SequencesFitTensorMaps(s, kh, d, pv, sv);
+
+    /// <summary>
+    /// Whether a (B, rows, heads, D) 16-bit tensor at <paramref name="address"/> with strides <paramref name="st"/> can be read as
+    /// 3D tensor-map planes (<see cref="EncodeSequenceTensorMap"/>): heads D apart, rows holding every head and sequences holding
+    /// every row (no overlap: the hardware requires it), 16-byte aligned start and strides.
+    /// </summary>
+    private static bool SequencesFitTensorMaps(int rows, int heads, int d, ulong address, Strides3 st) =>
+        st.H == d && st.T >= (long)heads * d && st.B >= rows * st.T && address % 16 == 0 && st.T * 2 % 16 == 0 && st.B * 2 % 16 == 0;
+
+    /// <summary>
+    /// Writes at <paramref name="map"/> (128 bytes, 64-byte aligned) the tensor map of <paramref name="sequences"/> planes of
+    /// <paramref name="rows"/> rows of <paramref name="cols"/> 16-bit values, rows <paramref name="ld"/> values apart and planes
+    /// <paramref name="planeStride"/>, read in boxes of <paramref name="boxRows"/> rows by 64 values (the 128-byte swizzle) one
+    /// plane deep: a box's rows past its plane's last read as zeros, not as the next plane's (one sequence's keys or queries
+    /// never reach another's tile).
+    /// </summary>
+    private static void EncodeSequenceTensorMap(byte* map, DType dtype, ulong address, int cols, int rows, int sequences, long ld, long planeStride, int boxRows)
+    {
+        ulong* dims = stackalloc ulong[] { (ulong)cols, (ulong)rows, (ulong)sequences };
+        ulong* strides = stackalloc ulong[] { (ulong)ld * 2, (ulong)planeStride * 2 };
+        uint* box = stackalloc uint[] { 64, (uint)boxRows, 1 };
+        uint* elementStrides = stackalloc uint[] { 1, 1, 1 };
+        int type = dtype == DType.BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+        Check(cuTensorMapEncodeTiled(map, type, 3, address, dims, strides, box, elementStrides,
+                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
+            "cuTensorMapEncodeTiled", $"{sequences} x {rows} x {cols} {dtype}, strides {ld} and {planeStride}, boxes of {boxRows} x 64");
+    }
 
     // The backward's main kernel: CTAs of 64 keys per warpgroup walking query blocks of 64 rows. delta and the fp32 dQ
     // accumulator come from flash_attention.cu's preprocess, which zeroes it; a cast kernel rounds dQ into dq.
@@ -187,7 +214,7 @@ public sealed unsafe partial class CudaBackend
             + (separateTile ? HopperBackwardQueries * d * sizeof(float) : 0));
         // flags 4 and 8 exist only in the v2x build of the second kernel (the v2 build keeps the code measured first); the v2t
         // build copies Q and dO by the tensor memory accelerator (HopperAttentionBackwardTensorMaps, where they fit).
-        bool maps = variant != 1 && (flags & 12) == 0 && Options.HopperAttentionBackwardTensorMaps && BackwardTensorMapsFit(t, d, pq, sq, pd, sd);
+        bool maps = variant != 1 && (flags & 12) == 0 && Options.HopperAttentionBackwardTensorMaps && BackwardTensorMapsFit(t, h, d, pq, sq, pd, sd);
         if (maps) shared += 16;   // the two stages' mbarriers
         string kernel = "flash_backward_hopper_" + (variant == 1 ? (wgs == 1 ? "wg1_" : "") : (flags & 12) != 0 ? "v2x_" : maps ? "v2t_" : "v2_") + suffix;
         PreferSharedMemory(HopperFile, kernel);
@@ -203,9 +230,9 @@ public sealed unsafe partial class CudaBackend
         {
             byte* buffer = stackalloc byte[2 * 128 + 64];
             byte* qmap = (byte*)(((nint)buffer + 63) & ~(nint)63), dmap = qmap + 128;
-            // q and dout as (B T rows of H D values) in boxes of 64 rows by 64 values (the 128-byte swizzle)
-            EncodeTensorMap(qmap, dtype, pq, h * d, b * t, sq.T, HopperBackwardQueries);
-            EncodeTensorMap(dmap, dtype, pd, h * d, b * t, sd.T, HopperBackwardQueries);
+            // q and dout as (B planes of T rows of H D values) in boxes of 64 rows by 64 values (the 128-byte swizzle)
+            EncodeSequenceTensorMap(qmap, dtype, pq, h * d, t, b, sq.T, sq.B, HopperBackwardQueries);
+            EncodeSequenceTensorMap(dmap, dtype, pd, h * d, t, b, sd.T, sd.B, HopperBackwardQueries);
             void** a2 = stackalloc void*[] { qmap, dmap, &pk, &pv, &pl, &delta, &dqacc, &pdk, &pdv, &t, &h, &kh, &sk, &sv, &sdk, &sdv, &sc, &flags };
             Launch(HopperFile, kernel, blocks, (uint)HopperWarpgroupThreads, a2, shared);
         }
@@ -244,13 +271,10 @@ public sealed unsafe partial class CudaBackend
     }
 
     /// <summary>
-    /// Whether q and dout can be read as 2D tensors by the tensor memory accelerator in the backward (v2t): heads D apart and
-    /// sequences T rows apart (one (B T, H D) matrix each, as the fused QKV's q and a contiguous dO are), 16-byte aligned
-    /// starts and row strides.
+    /// Whether q and dout can be read by the tensor memory accelerator in the backward (v2t; <see cref="SequencesFitTensorMaps"/>).
     /// </summary>
-    private static bool BackwardTensorMapsFit(int t, int d, ulong pq, Strides3 sq, ulong pd, Strides3 sd) =>
-        sq.H == d && sq.B == (long)t * sq.T && sd.H == d && sd.B == (long)t * sd.T
-        && pq % 16 == 0 && pd % 16 == 0 && sq.T * 2 % 16 == 0 && sd.T * 2 % 16 == 0;
+    private static bool BackwardTensorMapsFit(int t, int h, int d, ulong pq, Strides3 sq, ulong pd, Strides3 sd) =>
+        SequencesFitTensorMaps(t, h, d, pq, sq) && SequencesFitTensorMaps(t, h, d, pd, sd);
 
     /// <summary>
     /// Blocks of 256 threads for flash_backward_pre_sums: about four an SM, their threads a multiple of the H D / 8 that a row

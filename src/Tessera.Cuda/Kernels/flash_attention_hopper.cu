@@ -140,15 +140,14 @@ __device__ __forceinline__ void forward_store_rows(const float* oacc, const floa
 // (row strides q_t, o_t); keys and values through kr, vr (DenseRowsSw128 or PagedRowsSw128); lse_row: the head's (Tq)
 // log-sum-exps, or null. 128 WGS threads; dynamic shared memory 1,024 (alignment) + 64 WGS D 2 (Q) + 4 * 128 D 2 (two
 // stages of K and V) bytes.
-// TMA (flash_forward_hopper_t / _wg1t): each key/value block comes by the tensor memory accelerator instead of every thread's
+// TMA (flash_forward_hopper_*_t): each key/value block comes by the tensor memory accelerator instead of every thread's
 // cp.async copies (ncu: about 150 of the ~712 instructions a warp issues a key block went to them), one thread issuing the
-// block's boxes onto its stage's mbarrier (16 bytes after the V stages). kmap and vmap: k and v as 2D (B S rows of KH D values,
-// the host takes this path only where heads are D apart and batches S rows apart) in boxes of 128 rows by 64 values, the
-// 128-byte swizzle; this head's keys start at row krow, column kcol. A block's rows past S are the next sequence's (or zeros
-// past the last): their scores are masked (causal, S - 1 at most), so they add nothing, as the cp.async copies' zeros did.
+// block's boxes onto its stage's mbarrier (16 bytes after the V stages). kmap and vmap: k and v as 3D (B planes of S rows of
+// KH D values) in boxes of 128 rows by 64 values, the 128-byte swizzle; this head's keys are plane kplane from column kcol.
+// A block's rows past S arrive as zeros, as the cp.async copies' do (not the next sequence's: a NaN there stays there).
 template <typename T, int D, int WGS, bool TMA = false, typename Rows>
 __device__ void hopper_forward_tile(const T* qb, i64 q_t, Rows kr, Rows vr, T* ob, i64 o_t, float* lse_row, int Tq, int S,
-    int mb, float scale, const TensorMap* kmap = nullptr, const TensorMap* vmap = nullptr, int krow = 0, int kcol = 0)
+    int mb, float scale, const TensorMap* kmap = nullptr, const TensorMap* vmap = nullptr, int kplane = 0, int kcol = 0)
 {
     constexpr int BM = 64 * WGS, BN = 128, KD = D / 16, NT = 128 * WGS;
     extern __shared__ unsigned char smem_raw[];
@@ -170,8 +169,8 @@ __device__ void hopper_forward_tile(const T* qb, i64 q_t, Rows kr, Rows vr, T* o
 #pragma unroll
                 for (int h = 0; h < D / 64; h++)   // 64-value column blocks, BN rows of 128 bytes each
                 {
-                    tma_load_2d(sK + st * BN * D * 2 + h * BN * 128, kmap, kcol + 64 * h, krow + nb * BN, full0 + 8 * st);
-                    tma_load_2d(sV + st * BN * D * 2 + h * BN * 128, vmap, kcol + 64 * h, krow + nb * BN, full0 + 8 * st);
+                    tma_load_3d(sK + st * BN * D * 2 + h * BN * 128, kmap, kcol + 64 * h, nb * BN, kplane, full0 + 8 * st);
+                    tma_load_3d(sV + st * BN * D * 2 + h * BN * 128, vmap, kcol + 64 * h, nb * BN, kplane, full0 + 8 * st);
                 }
             }
         }
@@ -281,7 +280,7 @@ __device__ void hopper_forward_tma(const TensorMap* kmap, const TensorMap* vmap,
     const int mb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z, kvh = h / (H / KH);
     const DenseRowsSw128<T> unused{nullptr, 0};
     hopper_forward_tile<T, D, WGS, true>(q + b * qs.b + (i64)h * qs.h, qs.t, unused, unused, o + b * os.b + (i64)h * os.h, os.t,
-                                         lse ? lse + ((i64)b * H + h) * Tq : nullptr, Tq, S, mb, scale, kmap, vmap, b * S, kvh * D);
+                                         lse ? lse + ((i64)b * H + h) * Tq : nullptr, Tq, S, mb, scale, kmap, vmap, b, kvh * D);
 }
 
 // Paged prefill (serving) on this tile: flash_attention.cu's paged_prefill contract and arguments (q (N, H, D) with row
@@ -663,9 +662,9 @@ __device__ __forceinline__ void sts_f32x4(unsigned dst, float a, float b, float 
 
 // TMA (flash_backward_hopper_v2t, not with EXTRA): each query block's Q and dO tiles come by the tensor memory accelerator,
 // one thread issuing them, instead of every thread's cp.async copies (ncu: 172 instructions a warp a block, a fifth of the
-// kernel's). qmap and dmap: q and dout as 2D (B Tq rows of H D values, rows qs.t and ds.t apart: the host takes this path
-// only where heads are D apart and batches Tq rows apart) in boxes of 64 rows by 64 values, the 128-byte swizzle. Rows past
-// Tq are the next sequence's (or zeros past the last): their scores are masked, so they add nothing, as the zeros did.
+// kernel's). qmap and dmap: q and dout as 3D (B planes of Tq rows of H D values, rows qs.t and ds.t apart, planes qs.b and
+// ds.b: the host takes this path only where heads are D apart) in boxes of 64 rows by 64 values, the 128-byte swizzle. Rows
+// past Tq arrive as zeros, as the cp.async copies' do.
 template <typename T, int D, bool EXTRA, bool TMA = false>
 __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta,
     float* dqacc, T* dk, T* dv, int Tq, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds,
@@ -737,8 +736,8 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
 #pragma unroll
                 for (int h = 0; h < D / 64; h++)   // 64-value column blocks, BM rows of 128 bytes each
                 {
-                    tma_load_2d(tQ + h * BM * 128, qmap, hh * D + 64 * h, b * Tq + m0, full0 + 8 * st);
-                    tma_load_2d(tQ + TILE + h * BM * 128, dmap, hh * D + 64 * h, b * Tq + m0, full0 + 8 * st);
+                    tma_load_3d(tQ + h * BM * 128, qmap, hh * D + 64 * h, m0, b, full0 + 8 * st);
+                    tma_load_3d(tQ + TILE + h * BM * 128, dmap, hh * D + 64 * h, m0, b, full0 + 8 * st);
                 }
             }
         }

@@ -132,6 +132,16 @@ __device__ __forceinline__ void tma_load_2d(unsigned dst, const TensorMap* map, 
     emu_tma_load_2d(dst, map, c0, c1, bar);
 #endif
 }
+// The box of a 3-D map (planes of rows, the box one plane deep) at element (c0, c1) of plane c2: rows past the plane arrive as
+// zeros, not as the next plane's.
+__device__ __forceinline__ void tma_load_3d(unsigned dst, const TensorMap* map, int c0, int c1, int c2, unsigned bar)
+{
+    HOPPER_ASM("cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];"
+               ::"r"(dst), "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(bar) : "memory");
+#ifndef __CUDA_ARCH__
+    emu_tma_load_3d(dst, map, c0, c1, c2, bar);
+#endif
+}
 // tma_load_2d's box into the same shared address of every CTA of the cluster in `ctas` (a bit a rank), its bytes completing
 // on the barrier at bar's address in each of them.
 __device__ __forceinline__ void tma_load_2d_multicast(unsigned dst, const TensorMap* map, int c0, int c1, unsigned bar, unsigned short ctas)

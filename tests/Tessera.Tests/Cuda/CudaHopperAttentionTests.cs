@@ -143,8 +143,8 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
         AssertClose(oF, o1, OutTolerance, $"{where}: one-warpgroup Hopper output vs FlashAttention-2");
 
         // The tensor-map build (K and V by the tensor memory accelerator) against the default tile it shares (one warpgroup at
-        // D 64, two at 128): the same products in the same order, a key block's rows past S the next sequence's (masked)
-        // instead of zeros, so the same bits.
+        // D 64, two at 128): the same products in the same order over the same tiles (a key block's rows past S zeros in
+        // both), so the same bits.
         var defaults = fixture.Defaults!;
         var (oD, lD) = Forward(defaults, dtype, q, k, v, b, t, s, h, kh, d, scale);
         var maps = fixture.ForwardTensorMaps!;
@@ -240,8 +240,8 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
                 failures.Add(e.Message);
             }
         }
-        // The v2t build: the same products in the same order from the same tiles (a tile's rows past T are the next
-        // sequence's instead of zeros, and masked), so each variant's dK and dV bit for bit; dQ is summed across CTAs by
+        // The v2t build: the same products in the same order from the same tiles (a tile's rows past T zeros in both), so
+        // each variant's dK and dV bit for bit; dQ is summed across CTAs by
         // reductions in no fixed order (no two runs of one kernel agree to the bit), so within OutTolerance of its build's.
         foreach (var be in fixture.TensorMapVariants)
         {

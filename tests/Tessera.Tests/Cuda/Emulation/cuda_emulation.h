@@ -383,12 +383,21 @@ inline void emu_mbar_wait(unsigned bar, unsigned parity)
 // are as long as the swizzle's span: 128 bytes in the 128-byte swizzle (16-byte chunk c of box row r at c ^ (r & 7), the
 // destination 1,024-byte aligned) or 64 in the 64-byte swizzle (chunk c of row r at c ^ ((r >> 1) & 3): the address bits
 // [7, 9) into [4, 6), the destination 512-byte aligned).
-struct EmuTensorMap2d { const unsigned char* base; unsigned long long dims[2], stride_bytes; unsigned box[2], element_bytes, swizzle; };
+// A 3-D map (emu_tensor_map_3d) adds dims[2] planes of those rows, plane_bytes apart, its boxes one plane deep; a 2-D map is
+// one plane.
+struct EmuTensorMap2d { const unsigned char* base; unsigned long long dims[3], stride_bytes, plane_bytes; unsigned box[2], element_bytes, swizzle; };
 inline void emu_tensor_map_2d(void* map, const void* base, unsigned long long cols, unsigned long long rows, unsigned long long stride_bytes,
                               unsigned box_cols, unsigned box_rows, unsigned element_bytes, unsigned swizzle_bytes = 128)
 {
     static_assert(sizeof(EmuTensorMap2d) <= 128, "the emulated tensor map fits a CUtensorMap");
-    EmuTensorMap2d m{(const unsigned char*)base, {cols, rows}, stride_bytes, {box_cols, box_rows}, element_bytes, swizzle_bytes};
+    EmuTensorMap2d m{(const unsigned char*)base, {cols, rows, 1}, stride_bytes, 0, {box_cols, box_rows}, element_bytes, swizzle_bytes};
+    std::memcpy(map, &m, sizeof m);
+}
+inline void emu_tensor_map_3d(void* map, const void* base, unsigned long long cols, unsigned long long rows, unsigned long long planes,
+                              unsigned long long stride_bytes, unsigned long long plane_bytes, unsigned box_cols, unsigned box_rows,
+                              unsigned element_bytes, unsigned swizzle_bytes = 128)
+{
+    EmuTensorMap2d m{(const unsigned char*)base, {cols, rows, planes}, stride_bytes, plane_bytes, {box_cols, box_rows}, element_bytes, swizzle_bytes};
     std::memcpy(map, &m, sizeof m);
 }
 // A box's row length must be its swizzle's span and its shared tile aligned to the swizzle's period; the byte offset of
@@ -410,7 +419,7 @@ inline unsigned emu_swizzled(const EmuTensorMap2d& m, unsigned r, unsigned c)
 // 16-byte chunks here: a chunk that crosses the last column is zeroed whole, which the hardware does element by element; the
 // decode products' K is a multiple of 64), then its bytes credited to the barrier (the whole box's, as the hardware counts them).
 // The box at element (c0, c1) into `memory` + dst in the 128-byte swizzle, zero-filled past the tensor; returns its bytes.
-inline unsigned emu_tma_box_into(unsigned char* memory, unsigned dst, const void* map_bytes, int c0, int c1, const char* what)
+inline unsigned emu_tma_box_into(unsigned char* memory, unsigned dst, const void* map_bytes, int c0, int c1, const char* what, int c2 = 0)
 {
     EmuTensorMap2d m;
     std::memcpy(&m, map_bytes, sizeof m);
@@ -421,7 +430,8 @@ inline unsigned emu_tma_box_into(unsigned char* memory, unsigned dst, const void
         {
             unsigned char* to = memory + dst + emu_swizzled(m, r, c);
             const unsigned long long row = (unsigned long long)c1 + r, col = (unsigned long long)c0 + c * per_chunk;
-            if (row < m.dims[1] && col + per_chunk <= m.dims[0]) std::memcpy(to, m.base + row * m.stride_bytes + col * m.element_bytes, 16);
+            if (row < m.dims[1] && col + per_chunk <= m.dims[0] && c2 >= 0 && (unsigned long long)c2 < m.dims[2])
+                std::memcpy(to, m.base + (unsigned long long)c2 * m.plane_bytes + row * m.stride_bytes + col * m.element_bytes, 16);
             else std::memset(to, 0, 16);
         }
     return row_bytes * m.box[1];
@@ -429,6 +439,11 @@ inline unsigned emu_tma_box_into(unsigned char* memory, unsigned dst, const void
 inline void emu_tma_load_2d(unsigned dst, const void* map_bytes, int c0, int c1, unsigned bar)
 {
     emu_mbar_complete_tx(bar, emu_tma_box_into(emu_shared(), dst, map_bytes, c0, c1, "emu_tma_load_2d"));
+}
+// cp.async.bulk.tensor.3d: the box at element (c0, c1) of plane c2, rows past the plane's zero-filled.
+inline void emu_tma_load_3d(unsigned dst, const void* map_bytes, int c0, int c1, int c2, unsigned bar)
+{
+    emu_mbar_complete_tx(bar, emu_tma_box_into(emu_shared(), dst, map_bytes, c0, c1, "emu_tma_load_3d", c2));
 }
 // The multicast form: the box into the same address of each CTA in the mask, each CTA's barrier at bar credited.
 inline void emu_tma_load_2d_multicast(unsigned dst, const void* map_bytes, int c0, int c1, unsigned bar, unsigned short ctas)

@@ -85,22 +85,36 @@ static void run(int B, int H, int KH, int Tq, int S, int D, int WGS, bool tma = 
     snprintf(name, sizeof name, "hopper forward B=%d H=%d KH=%d Tq=%d S=%d D=%d WGS=%d lse", B, H, KH, Tq, S, D, WGS);
     check(name, lse_expected, lse, 1e-3, false);
     if (!tma) return;
-    // k and v as (B S rows of KH D values) in boxes of 128 rows by 64 values, as the host encodes them
-    TensorMap km, vm;
-    emu_tensor_map_2d(&km, k.data(), KH * D, B * S, (unsigned long long)KH * D * 2, 64, 128, 2);
-    emu_tensor_map_2d(&vm, v.data(), KH * D, B * S, (unsigned long long)KH * D * 2, 64, 128, 2);
+    // k and v as (B planes of S rows of KH D values) in boxes of 128 rows by 64 values, as the host encodes them
+    auto forward_tma = [&](const std::vector<bf16>& kk, const std::vector<bf16>& vv, std::vector<bf16>& out, std::vector<float>& l) {
+        TensorMap km, vm;
+        emu_tensor_map_3d(&km, kk.data(), KH * D, S, B, (unsigned long long)KH * D * 2, (unsigned long long)S * KH * D * 2, 64, 128, 2);
+        emu_tensor_map_3d(&vm, vv.data(), KH * D, S, B, (unsigned long long)KH * D * 2, (unsigned long long)S * KH * D * 2, 64, 128, 2);
+        bf16* po2 = out.data();
+        float* pl2 = l.data();
+        auto kernel = D == 64 ? flash_forward_hopper_bf16_d64_t : flash_forward_hopper_bf16_d128_t;
+        emu_launch(dim3{tiles, (unsigned)H, (unsigned)B}, 128 * WGS, [&] { kernel(km, vm, pq, po2, pl2, tq, s_, h_, kh, qs, qs, sc); });
+    };
     std::vector<bf16> o2(o.size());
     std::vector<float> lse2(lse.size(), NAN);
-    bf16* po2 = o2.data();
-    float* pl2 = lse2.data();
-    auto kernel = D == 64 ? flash_forward_hopper_bf16_d64_t : flash_forward_hopper_bf16_d128_t;
-    emu_launch(dim3{tiles, (unsigned)H, (unsigned)B}, 128 * WGS, [&] { kernel(km, vm, pq, po2, pl2, tq, s_, h_, kh, qs, qs, sc); });
+    forward_tma(k, v, o2, lse2);
     size_t differ = 0;
     for (size_t i = 0; i < o.size(); i++) differ += to_f(o[i]) != to_f(o2[i]);
     for (size_t i = 0; i < lse.size(); i++) differ += !(lse[i] == lse2[i]);
     snprintf(name, sizeof name, "hopper forward B=%d H=%d KH=%d Tq=%d S=%d D=%d WGS=%d tma = cp.async bit for bit", B, H, KH, Tq, S, D, WGS);
     printf("%-64s %s\n", name, differ ? "FAIL" : "ok");
     if (differ) { printf("  %zu elements differ\n", differ); failures++; }
+    // One sequence's keys and values never reach another's tile: with every K and V value of sequences 1 .. B - 1 NaN,
+    // sequence 0 (whose last key block reaches past S when S is not a multiple of 128) keeps its bits.
+    std::vector<bf16> kn(k), vn(v), o3(o.size());
+    std::vector<float> lse3(lse.size(), NAN);
+    for (size_t i = (size_t)S * KH * D; i < kn.size(); i++) kn[i] = vn[i] = from_f<bf16>(NAN);
+    forward_tma(kn, vn, o3, lse3);
+    size_t leaked = 0;
+    for (size_t i = 0; i < (size_t)Tq * H * D; i++) leaked += to_f(o3[i]) != to_f(o[i]);
+    snprintf(name, sizeof name, "hopper forward B=%d H=%d KH=%d Tq=%d S=%d D=%d WGS=%d tma: other sequences' NaNs stay there", B, H, KH, Tq, S, D, WGS);
+    printf("%-64s %s\n", name, leaked ? "FAIL" : "ok");
+    if (leaked) { printf("  %zu elements of sequence 0 changed\n", leaked); failures++; }
 }
 
 // The backward (flash_backward_hopper: the CTA's keys as wgmma's M dimension, dQ added into an fp32 accumulator by atomic
@@ -110,7 +124,7 @@ static void run(int B, int H, int KH, int Tq, int S, int D, int WGS, bool tma = 
 // (CudaBackendOptions.HopperBackwardVariant's: 1 largest work first, 2 dQ by bulk reductions of fragment-order tiles then
 // flash_backward_hopper_dq_cast, 4 dQ's product first, 8 with 2 and D 64 the dQ tile in its own buffer; 4 and 8 in the v2x
 // build; 32 largest first within windows of flags >> 8 (kv head, batch) pairs).
-// tma (with flags >= 0, no 4 or 8): the v2t build, Q and dO by the tensor memory accelerator from 2D maps of q and dout.
+// tma (with flags >= 0, no 4 or 8): the v2t build, Q and dO by the tensor memory accelerator from 3D maps of q and dout.
 static void run_backward(int B, int H, int KH, int T, int D, int WGS, int flags = -1, bool tma = false)
 {
     std::mt19937 rng(29 + B * 7 + H * 5 + T * 3 + D + WGS);
@@ -198,10 +212,10 @@ static void run_backward(int B, int H, int KH, int T, int D, int WGS, int flags 
     else if (flags & 12) launch2(D == 64 ? flash_backward_hopper_v2x_bf16_d64 : flash_backward_hopper_v2x_bf16_d128);
     else if (tma)
     {
-        // q and dout as (B T rows of H D values) in boxes of 64 by 64, as the host encodes them
+        // q and dout as (B planes of T rows of H D values) in boxes of 64 by 64, as the host encodes them
         TensorMap qm, dm;
-        emu_tensor_map_2d(&qm, q.data(), H * D, B * T, (unsigned long long)H * D * 2, 64, 64, 2);
-        emu_tensor_map_2d(&dm, dout.data(), H * D, B * T, (unsigned long long)H * D * 2, 64, 64, 2);
+        emu_tensor_map_3d(&qm, q.data(), H * D, T, B, (unsigned long long)H * D * 2, (unsigned long long)T * H * D * 2, 64, 64, 2);
+        emu_tensor_map_3d(&dm, dout.data(), H * D, T, B, (unsigned long long)H * D * 2, (unsigned long long)T * H * D * 2, 64, 64, 2);
         auto kernel = D == 64 ? flash_backward_hopper_v2t_bf16_d64 : flash_backward_hopper_v2t_bf16_d128;
         int f = flags;
         emu_launch(dim3{blocks, (unsigned)KH, (unsigned)B}, 128,
@@ -358,8 +372,8 @@ int main()
     // Variants 9 and 10: largest first within windows of 4 (kv head, batch) pairs, over 6 pairs (a partial last window)
     for (int flags : {34 | 4 << 8, 42 | 4 << 8})
         run_backward(3, 4, 2, 150, 64, 1, flags);
-    // The v2t build (Q and dO by the tensor memory accelerator): the default variant 9's flags over two sequences (a tile's rows
-    // past T are the next sequence's, masked), the per-element dQ reductions, and head size 128
+    // The v2t build (Q and dO by the tensor memory accelerator): the default variant 9's flags over three sequences (a tile's
+    // rows past T zero-filled by the 3D maps), the per-element dQ reductions, and head size 128
     run_backward(3, 4, 2, 150, 64, 1, 34 | 4 << 8, true);
     run_backward(2, 4, 2, 100, 64, 1, 0, true);
     run_backward(2, 2, 1, 100, 128, 1, 2, true);
