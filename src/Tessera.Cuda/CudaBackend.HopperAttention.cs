@@ -73,6 +73,24 @@ public sealed unsafe partial class CudaBackend
         int wgs = HopperForwardWarpgroups(d), rows = HopperWarpgroupRows * wgs;
         uint shared = HopperForwardShared(rows, d);
         var grid = ((uint)((t + rows - 1) / rows), (uint)h, (uint)b);
+        // The warp-specialized build: 3 (D 64) or 2 (D 128) consumer warpgroups sharing each key block, a producer copying.
+        if (Options.HopperAttentionForwardWarpSpecialized && starts == 0 && ForwardTensorMapsFit(s, kh, d, pk, sk, pv, sv)
+            && SequencesFitTensorMaps(t, h, d, pq, sq))
+        {
+            int consumers = d == 64 ? 3 : 2, stages = d == 64 ? 4 : 2, tile = HopperWarpgroupRows * consumers;
+            byte* buffer = stackalloc byte[3 * 128 + 64];
+            byte* qmap = (byte*)(((nint)buffer + 63) & ~(nint)63), kmap = qmap + 128, vmap = kmap + 128;
+            EncodeSequenceTensorMap(qmap, dtype, pq, h * d, t, b, sq.T, sq.B, tile);
+            EncodeSequenceTensorMap(kmap, dtype, pk, kh * d, s, b, sk.T, sk.B, HopperKeys);
+            EncodeSequenceTensorMap(vmap, dtype, pv, kh * d, s, b, sv.T, sv.B, HopperKeys);
+            void** wargs = stackalloc void*[] { qmap, kmap, vmap, &po, &pl, &t, &s, &h, &kh, &so, &sc };
+            string wkernel = "flash_forward_hopper_ws_" + FlashSuffix(dtype, d);
+            // 1,024 alignment + the Q tile + the stages' K and V + a full and an empty barrier a stage and Q's
+            uint wshared = (uint)(1024 + tile * d * 2 + stages * 2 * HopperKeys * d * 2 + 8 * (2 * stages + 1));
+            PreferSharedMemory(HopperFile, wkernel);
+            Launch(HopperFile, wkernel, ((uint)((t + tile - 1) / tile), (uint)h, (uint)b), (uint)(HopperWarpgroupThreads * (consumers + 1)), wargs, wshared);
+            return;
+        }
         // The tensor-map build (K and V by the tensor memory accelerator) exists at each head size's default warpgroups.
         if (Options.HopperAttentionForwardTensorMaps && starts == 0 && wgs == (d == 64 ? 1 : 2) && ForwardTensorMapsFit(s, kh, d, pk, sk, pv, sv))
         {
@@ -230,9 +248,10 @@ public sealed unsafe partial class CudaBackend
         {
             byte* buffer = stackalloc byte[2 * 128 + 64];
             byte* qmap = (byte*)(((nint)buffer + 63) & ~(nint)63), dmap = qmap + 128;
-            // q and dout as (B planes of T rows of H D values) in boxes of 64 rows by 64 values (the 128-byte swizzle)
-            EncodeSequenceTensorMap(qmap, dtype, pq, h * d, t, b, sq.T, sq.B, HopperBackwardQueries);
-            EncodeSequenceTensorMap(dmap, dtype, pd, h * d, t, b, sd.T, sd.B, HopperBackwardQueries);
+            // q and dout as (B T rows of H D values) in boxes of 64 rows by 64 values (the 128-byte swizzle); see the kernel's
+            // comment for why these two are 2D where the forward's are 3D
+            EncodeTensorMap(qmap, dtype, pq, h * d, b * t, sq.T, HopperBackwardQueries);
+            EncodeTensorMap(dmap, dtype, pd, h * d, b * t, sd.T, HopperBackwardQueries);
             void** a2 = stackalloc void*[] { qmap, dmap, &pk, &pv, &pl, &delta, &dqacc, &pdk, &pdv, &t, &h, &kh, &sk, &sv, &sdk, &sdv, &sc, &flags };
             Launch(HopperFile, kernel, blocks, (uint)HopperWarpgroupThreads, a2, shared);
         }
@@ -271,10 +290,13 @@ public sealed unsafe partial class CudaBackend
     }
 
     /// <summary>
-    /// Whether q and dout can be read by the tensor memory accelerator in the backward (v2t; <see cref="SequencesFitTensorMaps"/>).
+    /// Whether q and dout can be read as 2D tensors by the tensor memory accelerator in the backward (v2t): heads D apart, rows
+    /// holding every head and sequences exactly T rows apart (one (B T, H D) matrix each, as the fused QKV's q and a contiguous
+    /// dO are), 16-byte aligned starts and row strides.
     /// </summary>
     private static bool BackwardTensorMapsFit(int t, int h, int d, ulong pq, Strides3 sq, ulong pd, Strides3 sd) =>
-        SequencesFitTensorMaps(t, h, d, pq, sq) && SequencesFitTensorMaps(t, h, d, pd, sd);
+        sq.H == d && sq.T >= (long)h * d && sq.B == (long)t * sq.T && sd.H == d && sd.T >= (long)h * d && sd.B == (long)t * sd.T
+        && pq % 16 == 0 && pd % 16 == 0 && sq.T * 2 % 16 == 0 && sd.T * 2 % 16 == 0;
 
     /// <summary>
     /// Blocks of 256 threads for flash_backward_pre_sums: about four an SM, their threads a multiple of the H D / 8 that a row

@@ -369,6 +369,18 @@ public sealed record CudaBackendOptions
     public bool HopperAttentionForwardTensorMaps { get; init; }
 
     /// <summary>
+    /// The Hopper attention forward runs warp-specialized (<c>flash_forward_hopper_ws_*</c>, after FlashAttention-3) where
+    /// <see cref="HopperAttentionForwardTensorMaps"/>' 3D maps fit q, k and v and no KV cache's lengths are given: CTAs of three
+    /// consumer warpgroups (head size 64; two at 128) and a producer whose one thread copies the Q tile and each key/value
+    /// block by the tensor memory accelerator into a ring of four stages (two at 128), which all the consumers read. The
+    /// one-warpgroup tile copies every key block once per 64 query rows; this one once per 192 (128), a third (half) of the
+    /// traffic from L2, which the one-warpgroup forward's ~5.8 TB/s at llama-1b's 8 x 2048 suggests is its limit. The same
+    /// products in the same order as the one-warpgroup tile: the same bits. Takes precedence over
+    /// <see cref="HopperAttentionForwardTensorMaps"/>. Default false: written in session 48, not yet run on a device.
+    /// </summary>
+    public bool HopperAttentionForwardWarpSpecialized { get; init; }
+
+    /// <summary>
     /// Warpgroups (128 threads, 64 query rows in the forward, 64 keys in the backward) per CTA of the Hopper kernels: 1 or 2,
     /// or 0 for the measured best of each kernel and head size. Two share each key/value (forward) or query (backward) tile
     /// between them; one leaves the CTAs independent, so more of them share an SM and interleave. Default 0: the forward
@@ -623,6 +635,7 @@ public sealed record CudaBackendOptions
         if (HopperAttention != d.HopperAttention) parts.Add($"{nameof(HopperAttention)}={Bool(HopperAttention)}");
         if (HopperAttentionBackwardTensorMaps != d.HopperAttentionBackwardTensorMaps) parts.Add($"{nameof(HopperAttentionBackwardTensorMaps)}={Bool(HopperAttentionBackwardTensorMaps)}");
         if (HopperAttentionForwardTensorMaps != d.HopperAttentionForwardTensorMaps) parts.Add($"{nameof(HopperAttentionForwardTensorMaps)}={Bool(HopperAttentionForwardTensorMaps)}");
+        if (HopperAttentionForwardWarpSpecialized != d.HopperAttentionForwardWarpSpecialized) parts.Add($"{nameof(HopperAttentionForwardWarpSpecialized)}={Bool(HopperAttentionForwardWarpSpecialized)}");
         if (HopperAttentionBackward != d.HopperAttentionBackward) parts.Add($"{nameof(HopperAttentionBackward)}={Bool(HopperAttentionBackward)}");
         if (HopperAttentionWarpgroups != d.HopperAttentionWarpgroups) parts.Add(Invariant($"{nameof(HopperAttentionWarpgroups)}={HopperAttentionWarpgroups}"));
         if (HopperBackwardVariant != d.HopperBackwardVariant) parts.Add(Invariant($"{nameof(HopperBackwardVariant)}={HopperBackwardVariant}"));
@@ -709,6 +722,7 @@ public sealed record CudaBackendOptions
         [nameof(HopperAttention)] = (o, v, s) => o with { HopperAttention = ParseBool(v, s) },
         [nameof(HopperAttentionBackwardTensorMaps)] = (o, v, s) => o with { HopperAttentionBackwardTensorMaps = ParseBool(v, s) },
         [nameof(HopperAttentionForwardTensorMaps)] = (o, v, s) => o with { HopperAttentionForwardTensorMaps = ParseBool(v, s) },
+        [nameof(HopperAttentionForwardWarpSpecialized)] = (o, v, s) => o with { HopperAttentionForwardWarpSpecialized = ParseBool(v, s) },
         [nameof(HopperAttentionBackward)] = (o, v, s) => o with { HopperAttentionBackward = ParseBool(v, s) },
         [nameof(HopperAttentionWarpgroups)] = (o, v, s) => o with { HopperAttentionWarpgroups = ParseInt(v, s) },
         [nameof(HopperBackwardVariant)] = (o, v, s) => o with { HopperBackwardVariant = ParseInt(v, s) },

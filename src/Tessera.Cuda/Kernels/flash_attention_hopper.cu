@@ -136,6 +136,44 @@ __device__ __forceinline__ void forward_store_rows(const float* oacc, const floa
     }
 }
 
+// One key block of BN keys from n0 for a warpgroup's 64 query rows (Q at qdesc, in a tile of BM rows; the block's K and V tiles
+// at sKb and sVb): S = Q K^T from shared memory, the causal and length mask, the online softmax, O += P V with P from registers.
+template <typename T, int D, int BM, int BN>
+__device__ __forceinline__ void forward_key_block(float* oacc, float* mrow, float* lrow, u64 qdesc, unsigned sKb, unsigned sVb,
+    int n0, int qpos0, int g, int c4, int S, float sl2)
+{
+    constexpr int KD = D / 16;
+    const u64 kdesc = sw128_descriptor(sKb, 16, 1024);
+    const u64 vdesc = sw128_descriptor(sVb, BN * 128, 1024);
+    float s[BN / 2];
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < KD; kk++)
+    {
+        // column block kk / 4 of 64 values, 16 values (32 bytes) into its rows per step
+        Wgmma<T, BN>::ss(s, desc_plus(qdesc, (kk >> 2) * BM * 128 + (kk & 3) * 32),
+                         desc_plus(kdesc, (kk >> 2) * BN * 128 + (kk & 3) * 32), kk > 0);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_registers<BN / 2>(s);
+    forward_mask_block<BN>(s, n0, qpos0, g, c4, S);
+    float corr[2];
+    forward_softmax_block<BN>(s, mrow, lrow, corr, sl2);
+    forward_rescale<D>(oacc, corr);
+    unsigned p[BN / 16][4];
+    pack_a_fragments<T, BN>(s, p);
+    fence_registers<D / 2>(oacc);
+    fence_registers<BN / 4>(&p[0][0]);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++) Wgmma<T, D>::rs_nmajor(oacc, p[kk], desc_plus(vdesc, kk * 16 * 128));
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_registers<D / 2>(oacc);
+    fence_registers<BN / 4>(&p[0][0]);   // P stays live until the products that read it are done
+}
+
 // WGS warpgroups (1 or 2) of 64 query rows per CTA: query tile mb (64 WGS rows) of one head. qb, ob: the head's row 0
 // (row strides q_t, o_t); keys and values through kr, vr (DenseRowsSw128 or PagedRowsSw128); lse_row: the head's (Tq)
 // log-sum-exps, or null. 128 WGS threads; dynamic shared memory 1,024 (alignment) + 64 WGS D 2 (Q) + 4 * 128 D 2 (two
@@ -149,7 +187,7 @@ template <typename T, int D, int WGS, bool TMA = false, typename Rows>
 __device__ void hopper_forward_tile(const T* qb, i64 q_t, Rows kr, Rows vr, T* ob, i64 o_t, float* lse_row, int Tq, int S,
     int mb, float scale, const TensorMap* kmap = nullptr, const TensorMap* vmap = nullptr, int kplane = 0, int kcol = 0)
 {
-    constexpr int BM = 64 * WGS, BN = 128, KD = D / 16, NT = 128 * WGS;
+    constexpr int BM = 64 * WGS, BN = 128, NT = 128 * WGS;
     extern __shared__ unsigned char smem_raw[];
     const unsigned sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;
     const unsigned sK = sQ + BM * D * 2;       // 2 stages
@@ -223,37 +261,7 @@ __device__ void hopper_forward_tile(const T* qb, i64 q_t, Rows kr, Rows vr, T* o
         __syncthreads();
         const int n0 = nb * BN;
         if (active && n0 <= wgLastKey)   // uniform over the warpgroup, as wgmma requires
-        {
-            const u64 kdesc = sw128_descriptor(sK + st * BN * D * 2, 16, 1024);
-            const u64 vdesc = sw128_descriptor(sV + st * BN * D * 2, BN * 128, 1024);
-            float s[BN / 2];
-            wgmma_fence();
-#pragma unroll
-            for (int kk = 0; kk < KD; kk++)
-            {
-                // column block kk / 4 of 64 values, 16 values (32 bytes) into its rows per step
-                Wgmma<T, BN>::ss(s, desc_plus(qdesc, (kk >> 2) * BM * 128 + (kk & 3) * 32),
-                                 desc_plus(kdesc, (kk >> 2) * BN * 128 + (kk & 3) * 32), kk > 0);
-            }
-            wgmma_commit();
-            wgmma_wait<0>();
-            fence_registers<BN / 2>(s);
-            forward_mask_block<BN>(s, n0, qpos0, g, c4, S);
-            float corr[2];
-            forward_softmax_block<BN>(s, mrow, lrow, corr, sl2);
-            forward_rescale<D>(oacc, corr);
-            unsigned p[BN / 16][4];
-            pack_a_fragments<T, BN>(s, p);
-            fence_registers<D / 2>(oacc);
-            fence_registers<BN / 4>(&p[0][0]);
-            wgmma_fence();
-#pragma unroll
-            for (int kk = 0; kk < BN / 16; kk++) Wgmma<T, D>::rs_nmajor(oacc, p[kk], desc_plus(vdesc, kk * 16 * 128));
-            wgmma_commit();
-            wgmma_wait<0>();
-            fence_registers<D / 2>(oacc);
-            fence_registers<BN / 4>(&p[0][0]);   // P stays live until the products that read it are done
-        }
+            forward_key_block<T, D, BM, BN>(oacc, mrow, lrow, qdesc, sK + st * BN * D * 2, sV + st * BN * D * 2, n0, qpos0, g, c4, S, sl2);
         __syncthreads();   // this stage is refilled by the next-but-one iteration
     }
     cp_async_wait<0>();
@@ -281,6 +289,95 @@ __device__ void hopper_forward_tma(const TensorMap* kmap, const TensorMap* vmap,
     const DenseRowsSw128<T> unused{nullptr, 0};
     hopper_forward_tile<T, D, WGS, true>(q + b * qs.b + (i64)h * qs.h, qs.t, unused, unused, o + b * os.b + (i64)h * os.h, os.t,
                                          lse ? lse + ((i64)b * H + h) * Tq : nullptr, Tq, S, mb, scale, kmap, vmap, b, kvh * D);
+}
+
+// The warp-specialized dense forward (flash_forward_hopper_ws_*, after FlashAttention-3): a CTA of NC consumer warpgroups
+// (64 query rows each, BM = 64 NC rows of one head) and one producer warpgroup whose first thread issues every copy by the
+// tensor memory accelerator: the Q tile once, then each key/value block into a ring of ST stages, so that the NC warpgroups
+// share each block's K and V (one copy from L2 for BM query rows, where the one-warpgroup tile copies them once per 64).
+// Stage s: full[s] (the producer's arrival with the block's bytes) and empty[s] (one arrival per consumer warpgroup once
+// its products that read the stage are done); block nb uses stage nb % ST, its (nb / ST)-th fill. Every consumer warpgroup
+// waits for and hands back every block of the CTA's, past its own last key too, so that no arrival of a later fill can
+// complete an earlier phase. The producer's registers go to the consumers (setmaxnreg). qmap: q as 3D (B planes of Tq rows
+// of H D values) in boxes of BM rows by 64 values; kmap, vmap: as hopper_forward_tile's TMA (boxes of 128 rows); a box's
+// rows past a sequence's end arrive as zeros. Shared memory: 1,024 (alignment) + BM D 2 (Q) + ST 2 128 D 2 (K and V) +
+// 8 (2 ST + 1) (barriers) bytes.
+template <typename T, int D, int NC, int ST, int REG>
+__device__ void hopper_forward_ws(const TensorMap* qmap, const TensorMap* kmap, const TensorMap* vmap, T* o, float* lse,
+    int Tq, int S, int H, int KH, Strides3 os, float scale)
+{
+    constexpr int BM = 64 * NC, BN = 128;
+    constexpr unsigned KV = BN * D * 2;   // one K or V tile (bytes)
+    extern __shared__ unsigned char smem_raw[];
+    const unsigned sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;
+    const unsigned sKV = sQ + BM * D * 2;   // stage s: K at sKV + 2 KV s, V after it
+    const unsigned bars = sKV + ST * 2 * KV;
+    auto full = [&](int st) { return bars + 8u * st; };
+    auto empty = [&](int st) { return bars + 8u * (ST + st); };
+    const unsigned qfull = bars + 16u * ST;
+    const int tid = threadIdx.x, wg = tid >> 7;
+    const int mb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z, kvh = h / (H / KH);
+    const int m0 = mb * BM, offset = S - Tq;
+    const int lastKey = min(S - 1, offset + min(Tq - 1, m0 + BM - 1));
+    const int nblocks = lastKey / BN + 1;
+    if (tid == 0)
+    {
+        for (int st = 0; st < ST; st++)
+        {
+            mbar_init(full(st), 1);
+            mbar_init(empty(st), NC);
+        }
+        mbar_init(qfull, 1);
+        mbar_fence_init();
+    }
+    __syncthreads();
+    if (wg == NC)
+    {
+        warpgroup_registers_down<24>();
+        if ((tid & 127) == 0)
+        {
+            mbar_arrive_expect_tx(qfull, BM * D * 2);
+#pragma unroll
+            for (int c = 0; c < D / 64; c++) tma_load_3d(sQ + c * BM * 128, qmap, h * D + 64 * c, m0, b, qfull);
+            for (int nb = 0; nb < nblocks; nb++)
+            {
+                const int st = nb % ST;
+                mbar_wait(empty(st), ((nb / ST) & 1) ^ 1);   // its first fill passes at once
+                mbar_arrive_expect_tx(full(st), 2 * KV);
+                const unsigned sK = sKV + st * 2 * KV;
+#pragma unroll
+                for (int c = 0; c < D / 64; c++)
+                {
+                    tma_load_3d(sK + c * BN * 128, kmap, kvh * D + 64 * c, nb * BN, b, full(st));
+                    tma_load_3d(sK + KV + c * BN * 128, vmap, kvh * D + 64 * c, nb * BN, b, full(st));
+                }
+            }
+        }
+        return;
+    }
+    warpgroup_registers_up<REG>();
+    const int warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
+    const int r0 = m0 + wg * 64, wgLastKey = offset + r0 + 63;
+    const int qpos0 = offset + r0 + warp * 16 + g;
+    const bool active = r0 < Tq;
+    float oacc[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; i++) oacc[i] = 0.f;
+    float mrow[2] = {NEG_INF, NEG_INF}, lrow[2] = {0.f, 0.f};
+    const float sl2 = scale * LOG2E;
+    const u64 qdesc = sw128_descriptor(sQ + wg * 64 * 128, 16, 1024);
+    mbar_wait(qfull, 0);
+    for (int nb = 0; nb < nblocks; nb++)
+    {
+        const int st = nb % ST, n0 = nb * BN;
+        mbar_wait(full(st), (nb / ST) & 1);
+        if (active && n0 <= wgLastKey)   // uniform over the warpgroup, as wgmma requires
+            forward_key_block<T, D, BM, BN>(oacc, mrow, lrow, qdesc, sKV + st * 2 * KV, sKV + st * 2 * KV + KV, n0, qpos0, g, c4, S, sl2);
+        if ((tid & 127) == 0) mbar_arrive(empty(st));   // this warpgroup's products that read the stage are done
+    }
+    if (!active) return;
+    forward_store_rows<T, D>(oacc, mrow, lrow, o + b * os.b + (i64)h * os.h, os.t, lse ? lse + ((i64)b * H + h) * Tq : nullptr,
+                             Tq, r0, warp, g, c4);
 }
 
 // Paged prefill (serving) on this tile: flash_attention.cu's paged_prefill contract and arguments (q (N, H, D) with row
@@ -331,10 +428,20 @@ __device__ void paged_prefill_hopper(const T* q, const P* pool, T* out, const in
         hopper_forward_tma<T, D, WGS>(&kmap, &vmap, q, o, lse, Tq, S, H, KH, qs, os, scale);                    \
     }
 
+// The warp-specialized entry: NC consumer warpgroups and a producer, ST stages, REG registers a consumer thread.
+#define HOPPER_FORWARD_WS_ENTRY(name, T, D, NC, ST, REG)                                                        \
+    extern "C" __global__ void __launch_bounds__(128 * (NC + 1), 1) name(const __grid_constant__ TensorMap qmap, \
+        const __grid_constant__ TensorMap kmap, const __grid_constant__ TensorMap vmap, T* o, float* lse, int Tq, \
+        int S, int H, int KH, Strides3 os, float scale)                                                         \
+    {                                                                                                           \
+        hopper_forward_ws<T, D, NC, ST, REG>(&qmap, &kmap, &vmap, o, lse, Tq, S, H, KH, os, scale);             \
+    }
+
 #define HOPPER_FORWARD(n, T, D)                                                                                 \
     HOPPER_FORWARD_ENTRY(flash_forward_hopper_##n##_d##D, T, D, 2, 1)                                          \
     HOPPER_FORWARD_ENTRY(flash_forward_hopper_wg1_##n##_d##D, T, D, 1, HOPPER_WG1_CTAS(D))                     \
-    HOPPER_FORWARD_TMA_ENTRY(flash_forward_hopper_##n##_d##D##_t, T, D, (D == 64 ? 1 : 2), (D == 64 ? HOPPER_WG1_CTAS(D) : 1))
+    HOPPER_FORWARD_TMA_ENTRY(flash_forward_hopper_##n##_d##D##_t, T, D, (D == 64 ? 1 : 2), (D == 64 ? HOPPER_WG1_CTAS(D) : 1)) \
+    HOPPER_FORWARD_WS_ENTRY(flash_forward_hopper_ws_##n##_d##D, T, D, (D == 64 ? 3 : 2), (D == 64 ? 4 : 2), (D == 64 ? 160 : 240))
 
 HOPPER_FORWARD(bf16, bf16, 64)
 HOPPER_FORWARD(bf16, bf16, 128)
@@ -662,9 +769,11 @@ __device__ __forceinline__ void sts_f32x4(unsigned dst, float a, float b, float 
 
 // TMA (flash_backward_hopper_v2t, not with EXTRA): each query block's Q and dO tiles come by the tensor memory accelerator,
 // one thread issuing them, instead of every thread's cp.async copies (ncu: 172 instructions a warp a block, a fifth of the
-// kernel's). qmap and dmap: q and dout as 3D (B planes of Tq rows of H D values, rows qs.t and ds.t apart, planes qs.b and
-// ds.b: the host takes this path only where heads are D apart) in boxes of 64 rows by 64 values, the 128-byte swizzle. Rows
-// past Tq arrive as zeros, as the cp.async copies' do.
+// kernel's). qmap and dmap: q and dout as 2D (B Tq rows of H D values, rows qs.t and ds.t apart: the host takes this path
+// only where heads are D apart and batches Tq rows apart) in boxes of 64 rows by 64 values, the 128-byte swizzle. Rows past
+// Tq are the next sequence's (or zeros past the last): their scores are masked, so they add nothing, as the zeros did, unless
+// they hold a NaN or Inf (0 x NaN): the forward's maps are 3D for that reason, but in the backward a non-finite gradient of
+// any sequence already reaches every weight gradient, and the 3D form cost the f16 build its wgmma overlap (ptxas C7513).
 template <typename T, int D, bool EXTRA, bool TMA = false>
 __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta,
     float* dqacc, T* dk, T* dv, int Tq, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds,
@@ -736,8 +845,8 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
 #pragma unroll
                 for (int h = 0; h < D / 64; h++)   // 64-value column blocks, BM rows of 128 bytes each
                 {
-                    tma_load_3d(tQ + h * BM * 128, qmap, hh * D + 64 * h, m0, b, full0 + 8 * st);
-                    tma_load_3d(tQ + TILE + h * BM * 128, dmap, hh * D + 64 * h, m0, b, full0 + 8 * st);
+                    tma_load_2d(tQ + h * BM * 128, qmap, hh * D + 64 * h, b * Tq + m0, full0 + 8 * st);
+                    tma_load_2d(tQ + TILE + h * BM * 128, dmap, hh * D + 64 * h, b * Tq + m0, full0 + 8 * st);
                 }
             }
         }

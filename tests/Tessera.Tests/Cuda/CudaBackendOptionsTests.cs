@@ -47,6 +47,7 @@ public sealed class CudaBackendOptionsTests
         HopperAttention = !CudaBackendOptions.Default.HopperAttention,
         HopperAttentionBackwardTensorMaps = !CudaBackendOptions.Default.HopperAttentionBackwardTensorMaps,
         HopperAttentionForwardTensorMaps = !CudaBackendOptions.Default.HopperAttentionForwardTensorMaps,
+        HopperAttentionForwardWarpSpecialized = !CudaBackendOptions.Default.HopperAttentionForwardWarpSpecialized,
         HopperAttentionBackward = !CudaBackendOptions.Default.HopperAttentionBackward,
         HopperAttentionWarpgroups = 1,
         HopperBackwardVariant = 3,

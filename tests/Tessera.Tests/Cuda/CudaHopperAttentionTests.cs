@@ -38,6 +38,7 @@ public sealed class HopperAttentionFixture : IDisposable
                 ProfileOps = true,
             }))];
             ForwardTensorMaps = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttentionForwardTensorMaps = true, ProfileOps = true });
+            WarpSpecialized = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttentionForwardWarpSpecialized = true, ProfileOps = true });
         }
         catch (Exception e) when (e is Tessera.Cuda.Interop.CudaUnavailableException or DllNotFoundException or EntryPointNotFoundException)
         {
@@ -57,6 +58,9 @@ public sealed class HopperAttentionFixture : IDisposable
     /// <summary>The default options with the forward's key/value blocks by the tensor memory accelerator
     /// (<see cref="CudaBackendOptions.HopperAttentionForwardTensorMaps"/>), profiled.</summary>
     public CudaBackend? ForwardTensorMaps { get; }
+    /// <summary>The default options with the warp-specialized forward
+    /// (<see cref="CudaBackendOptions.HopperAttentionForwardWarpSpecialized"/>), profiled.</summary>
+    public CudaBackend? WarpSpecialized { get; }
     /// <summary>The default options (profiled): which backward they choose.</summary>
     public CudaBackend? Defaults { get; }
     public string? Reason { get; }
@@ -67,6 +71,7 @@ public sealed class HopperAttentionFixture : IDisposable
         foreach (var be in TensorMapVariants) be.Dispose();
         Defaults?.Dispose();
         ForwardTensorMaps?.Dispose();
+        WarpSpecialized?.Dispose();
         Hopper?.Dispose();
         OneWarpgroup?.Dispose();
         Flash2?.Dispose();
@@ -153,6 +158,15 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
         Assert.Contains(maps.Profiler.Totals(), r => r.Name == $"flash_forward_hopper_{(dtype == DType.BF16 ? "bf16" : "f16")}_d{d}_t");
         int differ = Enumerable.Range(0, oD.Length).Count(i => oD[i] != oT[i]) + Enumerable.Range(0, lD.Length).Count(i => lD[i] != lT[i]);
         Assert.True(differ == 0, $"{where}: the tensor-map forward differs from the default's in {differ} output and lse elements");
+
+        // The warp-specialized forward: each consumer warpgroup the same products over the same tiles as the default tile's
+        // warpgroups, so the same bits.
+        var ws = fixture.WarpSpecialized!;
+        ws.Profiler!.Reset();
+        var (oW, lW) = Forward(ws, dtype, q, k, v, b, t, s, h, kh, d, scale);
+        Assert.Contains(ws.Profiler.Totals(), r => r.Name == $"flash_forward_hopper_ws_{(dtype == DType.BF16 ? "bf16" : "f16")}_d{d}");
+        int wsDiffer = Enumerable.Range(0, oD.Length).Count(i => oD[i] != oW[i]) + Enumerable.Range(0, lD.Length).Count(i => lD[i] != lW[i]);
+        Assert.True(wsDiffer == 0, $"{where}: the warp-specialized forward differs from the default's in {wsDiffer} output and lse elements");
     }
 
     [Theory]
@@ -240,8 +254,8 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
                 failures.Add(e.Message);
             }
         }
-        // The v2t build: the same products in the same order from the same tiles (a tile's rows past T zeros in both), so
-        // each variant's dK and dV bit for bit; dQ is summed across CTAs by
+        // The v2t build: the same products in the same order from the same tiles (a tile's rows past T are the next
+        // sequence's instead of zeros, and masked), so each variant's dK and dV bit for bit; dQ is summed across CTAs by
         // reductions in no fixed order (no two runs of one kernel agree to the bit), so within OutTolerance of its build's.
         foreach (var be in fixture.TensorMapVariants)
         {
@@ -365,6 +379,13 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
             failures.Add($"{where}: HopperAttentionForwardTensorMaps ran {string.Join(", ", maps.Profiler.Totals().Select(r => r.Name))}");
         int mapDiffer = Enumerable.Range(0, x.Out.Length).Count(i => x.Out[i] != xt.Out[i]) + Enumerable.Range(0, x.Lse.Length).Count(i => x.Lse[i] != xt.Lse[i]);
         if (mapDiffer != 0) failures.Add($"{where}: the tensor-map forward differs from the default's in {mapDiffer} output and lse elements");
+        var ws = fixture.WarpSpecialized!;
+        ws.Profiler!.Reset();
+        var xw = Run(ws, f.Out, f.Lse);
+        if (!ws.Profiler.Totals().Any(r => r.Name == $"flash_forward_hopper_ws_bf16_d{d}"))
+            failures.Add($"{where}: HopperAttentionForwardWarpSpecialized ran {string.Join(", ", ws.Profiler.Totals().Select(r => r.Name))}");
+        int wsDiffer = Enumerable.Range(0, x.Out.Length).Count(i => x.Out[i] != xw.Out[i]) + Enumerable.Range(0, x.Lse.Length).Count(i => x.Lse[i] != xw.Lse[i]);
+        if (wsDiffer != 0) failures.Add($"{where}: the warp-specialized forward differs from the default's in {wsDiffer} output and lse elements");
         Slices("default output vs FlashAttention-2", f.Out, x.Out, h);
         Slices("default dq vs FlashAttention-2", f.Dq, x.Dq, h);
         Slices("default dk vs FlashAttention-2", f.Dk, x.Dk, kh);
@@ -547,6 +568,9 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
                 Assert.NotEqual(IntPtr.Zero, module.Function($"flash_backward_hopper_wg1_{type}_d{d}"));
                 Assert.NotEqual(IntPtr.Zero, module.Function($"flash_backward_hopper_v2_{type}_d{d}"));
                 Assert.NotEqual(IntPtr.Zero, module.Function($"flash_backward_hopper_v2x_{type}_d{d}"));
+                Assert.NotEqual(IntPtr.Zero, module.Function($"flash_backward_hopper_v2t_{type}_d{d}"));
+                Assert.NotEqual(IntPtr.Zero, module.Function($"flash_forward_hopper_{type}_d{d}_t"));
+                Assert.NotEqual(IntPtr.Zero, module.Function($"flash_forward_hopper_ws_{type}_d{d}"));
                 Assert.NotEqual(IntPtr.Zero, module.Function($"flash_backward_hopper_dq_cast_{type}_d{d}"));
             }
     }

@@ -115,6 +115,29 @@ static void run(int B, int H, int KH, int Tq, int S, int D, int WGS, bool tma = 
     snprintf(name, sizeof name, "hopper forward B=%d H=%d KH=%d Tq=%d S=%d D=%d WGS=%d tma: other sequences' NaNs stay there", B, H, KH, Tq, S, D, WGS);
     printf("%-64s %s\n", name, leaked ? "FAIL" : "ok");
     if (leaked) { printf("  %zu elements of sequence 0 changed\n", leaked); failures++; }
+
+    // The warp-specialized forward (a producer and 3 consumer warpgroups at D 64, 2 at 128; q by a 3D map in boxes of the
+    // CTA's rows): the cp.async build's bits.
+    {
+        const int NC = D == 64 ? 3 : 2, BMW = 64 * NC;
+        TensorMap qm, km, vm;
+        emu_tensor_map_3d(&qm, q.data(), H * D, Tq, B, (unsigned long long)H * D * 2, (unsigned long long)Tq * H * D * 2, 64, BMW, 2);
+        emu_tensor_map_3d(&km, k.data(), KH * D, S, B, (unsigned long long)KH * D * 2, (unsigned long long)S * KH * D * 2, 64, 128, 2);
+        emu_tensor_map_3d(&vm, v.data(), KH * D, S, B, (unsigned long long)KH * D * 2, (unsigned long long)S * KH * D * 2, 64, 128, 2);
+        std::vector<bf16> o4(o.size());
+        std::vector<float> lse4(lse.size(), NAN);
+        bf16* po4 = o4.data();
+        float* pl4 = lse4.data();
+        auto kernel = D == 64 ? flash_forward_hopper_ws_bf16_d64 : flash_forward_hopper_ws_bf16_d128;
+        const unsigned wtiles = (unsigned)((Tq + BMW - 1) / BMW);
+        emu_launch(dim3{wtiles, (unsigned)H, (unsigned)B}, 128 * (NC + 1), [&] { kernel(qm, km, vm, po4, pl4, tq, s_, h_, kh, qs, sc); });
+        size_t wdiffer = 0;
+        for (size_t i = 0; i < o.size(); i++) wdiffer += to_f(o[i]) != to_f(o4[i]);
+        for (size_t i = 0; i < lse.size(); i++) wdiffer += !(lse[i] == lse4[i]);
+        snprintf(name, sizeof name, "hopper forward B=%d H=%d KH=%d Tq=%d S=%d D=%d warp-specialized = cp.async bit for bit", B, H, KH, Tq, S, D);
+        printf("%-64s %s\n", name, wdiffer ? "FAIL" : "ok");
+        if (wdiffer) { printf("  %zu elements differ\n", wdiffer); failures++; }
+    }
 }
 
 // The backward (flash_backward_hopper: the CTA's keys as wgmma's M dimension, dQ added into an fp32 accumulator by atomic
@@ -124,7 +147,7 @@ static void run(int B, int H, int KH, int Tq, int S, int D, int WGS, bool tma = 
 // (CudaBackendOptions.HopperBackwardVariant's: 1 largest work first, 2 dQ by bulk reductions of fragment-order tiles then
 // flash_backward_hopper_dq_cast, 4 dQ's product first, 8 with 2 and D 64 the dQ tile in its own buffer; 4 and 8 in the v2x
 // build; 32 largest first within windows of flags >> 8 (kv head, batch) pairs).
-// tma (with flags >= 0, no 4 or 8): the v2t build, Q and dO by the tensor memory accelerator from 3D maps of q and dout.
+// tma (with flags >= 0, no 4 or 8): the v2t build, Q and dO by the tensor memory accelerator from 2D maps of q and dout.
 static void run_backward(int B, int H, int KH, int T, int D, int WGS, int flags = -1, bool tma = false)
 {
     std::mt19937 rng(29 + B * 7 + H * 5 + T * 3 + D + WGS);
@@ -212,10 +235,10 @@ static void run_backward(int B, int H, int KH, int T, int D, int WGS, int flags 
     else if (flags & 12) launch2(D == 64 ? flash_backward_hopper_v2x_bf16_d64 : flash_backward_hopper_v2x_bf16_d128);
     else if (tma)
     {
-        // q and dout as (B planes of T rows of H D values) in boxes of 64 by 64, as the host encodes them
+        // q and dout as (B T rows of H D values) in boxes of 64 by 64, as the host encodes them
         TensorMap qm, dm;
-        emu_tensor_map_3d(&qm, q.data(), H * D, T, B, (unsigned long long)H * D * 2, (unsigned long long)T * H * D * 2, 64, 64, 2);
-        emu_tensor_map_3d(&dm, dout.data(), H * D, T, B, (unsigned long long)H * D * 2, (unsigned long long)T * H * D * 2, 64, 64, 2);
+        emu_tensor_map_2d(&qm, q.data(), H * D, B * T, (unsigned long long)H * D * 2, 64, 64, 2);
+        emu_tensor_map_2d(&dm, dout.data(), H * D, B * T, (unsigned long long)H * D * 2, 64, 64, 2);
         auto kernel = D == 64 ? flash_backward_hopper_v2t_bf16_d64 : flash_backward_hopper_v2t_bf16_d128;
         int f = flags;
         emu_launch(dim3{blocks, (unsigned)KH, (unsigned)B}, 128,
@@ -362,8 +385,9 @@ int main()
     run(2, 2, 2, 70, 200, 64, 2);     // two warpgroups (the second wholly past T in the last tile), a KV cache longer than T
     run(1, 4, 2, 130, 130, 128, 1);   // head size 128 (two swizzle blocks); keys past one block of 128
     run(1, 2, 1, 64, 300, 128, 2);    // D 128, two warpgroups, three key blocks
-    run(3, 4, 2, 150, 150, 64, 1, true);    // K and V by the TMA: three sequences (a block's rows past S the next one's), two key blocks
+    run(3, 4, 2, 150, 150, 64, 1, true);    // K and V by the TMA: three sequences (a block's rows past S zeros), two key blocks
     run(2, 2, 1, 70, 200, 128, 2, true);    // D 128 (two column boxes a block), a KV cache longer than T
+    run(1, 2, 1, 700, 700, 64, 1, true);    // six key blocks: the warp-specialized ring of four stages wraps; four query tiles of 192
     run_backward(1, 2, 1, 100, 64, 1);   // one warpgroup; a query block and a part; 2 query heads into one kv head's dK, dV
     run_backward(2, 2, 2, 150, 64, 2);   // two warpgroups (128 keys a CTA), the last CTA's second warpgroup past T
     run_backward(1, 2, 1, 70, 128, 1);   // head size 128: dQ in two 64-column halves
@@ -373,7 +397,7 @@ int main()
     for (int flags : {34 | 4 << 8, 42 | 4 << 8})
         run_backward(3, 4, 2, 150, 64, 1, flags);
     // The v2t build (Q and dO by the tensor memory accelerator): the default variant 9's flags over three sequences (a tile's
-    // rows past T zero-filled by the 3D maps), the per-element dQ reductions, and head size 128
+    // rows past T are the next sequence's, masked), the per-element dQ reductions, and head size 128
     run_backward(3, 4, 2, 150, 64, 1, 34 | 4 << 8, true);
     run_backward(2, 4, 2, 100, 64, 1, 0, true);
     run_backward(2, 2, 1, 100, 128, 1, 2, true);
