@@ -349,11 +349,11 @@ public sealed record CudaBackendOptions
     /// <summary>
     /// The second Hopper attention backward (variants 2, 3, 4, 6 and 9 of <see cref="HopperBackwardVariant"/>: those without the v2x build) copies each query
     /// block's Q and dO tiles by the tensor memory accelerator, one thread issuing them (<c>flash_backward_hopper_v2t</c>),
-    /// from 3D maps (B planes of T rows of H D values: the fused QKV's q, a contiguous dO), instead of every thread's
+    /// where q and dout are one (B T, H D) matrix each (the fused QKV's q, a contiguous dO), instead of every thread's
     /// cp.async copies: ncu counted those at 172 instructions a warp a block, a fifth of the kernel's. The same products in
     /// the same order: dK and dV the same bits, dQ within its cross-CTA reductions' rounding (they run in no fixed order).
     /// Default false: with 2D maps it measured 0.9 % faster in llama-1b's 2 x 8192 step and level at 8 x 2048 (H100, session
-    /// 48); the 3D maps that keep each sequence's rows apart have run only on the emulation so far.
+    /// 48). A tile's rows past T are the next sequence's, masked (see flash_attention_hopper.cu on why these maps stay 2D).
     /// </summary>
     public bool HopperAttentionBackwardTensorMaps { get; init; }
 
