@@ -674,6 +674,40 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
         AssertClose(oF, oH, OutTolerance, $"cached prefill D{d} (seed {seed}): Hopper vs FlashAttention-2");
     }
 
+    /// <summary>
+    /// The forwards that copy K and V by the tensor memory accelerator (the tensor-map and the warp-specialized builds) keep
+    /// each sequence's keys in its own tiles: with every K and V value of the second sequence NaN, the first sequence's output
+    /// (S = 150, so its second key block reaches 106 rows past its end) keeps the bits of a run without them. A 2D map over
+    /// (B S) rows would bring the second sequence's rows into that block, masked, but 0 x NaN is NaN.
+    /// </summary>
+    [Theory]
+    [InlineData(64)]
+    [InlineData(128)]
+    public void TensorMapForwardsKeepEachSequencesKeysApart(int d)
+    {
+        Backends();
+        int b = 2, t = 150, h = 4, kh = 2, seed = Environment.TickCount;
+        var rng = new Random(seed);
+        double[] Values(long n) => Enumerable.Range(0, (int)n).Select(_ => Round(rng.NextDouble() * 2 - 1, DType.BF16)).ToArray();
+        var q = Values((long)b * t * h * d); var k = Values((long)b * t * kh * d); var v = Values((long)b * t * kh * d);
+        var kn = (double[])k.Clone(); var vn = (double[])v.Clone();
+        for (long i = (long)t * kh * d; i < kn.Length; i++) kn[i] = vn[i] = double.NaN;
+        long first = (long)t * h * d;   // the first sequence's outputs
+        foreach (var be in new[] { fixture.ForwardTensorMaps!, fixture.WarpSpecialized! })
+        {
+            string build = be.Options.HopperAttentionForwardWarpSpecialized ? "warp-specialized" : "tensor-map";
+            string kernel = be.Options.HopperAttentionForwardWarpSpecialized ? $"flash_forward_hopper_ws_bf16_d{d}" : $"flash_forward_hopper_bf16_d{d}_t";
+            be.Profiler!.Reset();
+            var (clean, _) = Forward(be, DType.BF16, q, k, v, b, t, t, h, kh, d, 1 / Math.Sqrt(d));
+            var (poisoned, _) = Forward(be, DType.BF16, q, kn, vn, b, t, t, h, kh, d, 1 / Math.Sqrt(d));
+            Assert.Contains(be.Profiler.Totals(), r => r.Name == kernel);
+            long changed = 0;
+            for (long i = 0; i < first; i++) if (!clean[i].Equals(poisoned[i])) changed++;
+            Assert.True(changed == 0, $"D{d} (seed {seed}): the {build} forward changed {changed} of the first sequence's outputs when the second's K and V were NaN");
+            Assert.Contains(poisoned.Skip((int)first), x => double.IsNaN(x));   // the second sequence's own outputs did see them
+        }
+    }
+
     [Fact]
     public void SlidingWindowCallsStayOnFlashAttention2()
     {
