@@ -136,6 +136,19 @@ __device__ __forceinline__ void forward_store_rows(const float* oacc, const floa
     }
 }
 
+// The tensor-map builds' two stage barriers at full0 and full0 + 8 (one arrival each: the issuing thread's, with the bytes),
+// initialized by thread 0 and visible to the CTA before any thread waits on them.
+__device__ __forceinline__ void init_two_stages(unsigned full0, int tid)
+{
+    if (tid == 0)
+    {
+        mbar_init(full0, 1);
+        mbar_init(full0 + 8, 1);
+        mbar_fence_init();
+    }
+    __syncthreads();
+}
+
 // One key block of BN keys from n0 for a warpgroup's 64 query rows (Q at qdesc, in a tile of BM rows; the block's K and V tiles
 // at sKb and sVb): S = Q K^T from shared memory, the causal and length mask, the online softmax, O += P V with P from registers.
 template <typename T, int D, int BM, int BN>
@@ -218,16 +231,7 @@ __device__ void hopper_forward_tile(const T* qb, i64 q_t, Rows kr, Rows vr, T* o
             vr.template load<D, BN, NT>(sV + st * BN * D * 2, nb * BN, S, tid);
         }
     };
-    if constexpr (TMA)
-    {
-        if (tid == 0)
-        {
-            mbar_init(full0, 1);
-            mbar_init(full0 + 8, 1);
-            mbar_fence_init();
-        }
-        __syncthreads();
-    }
+    if constexpr (TMA) init_two_stages(full0, tid);
     load_tile_sw128_bounded<D, BM, NT>(sQ, qb, q_t, m0, Tq, tid);
     issue(0, 0);
     cp_async_commit();
@@ -824,16 +828,7 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
     load_tile_sw128_bounded<D, BN, NT>(sK, k + b * ks.b + (i64)kvh * ks.h, ks.t, n0, Tq, tid);
     load_tile_sw128_bounded<D, BN, NT>(sV, v + b * vs.b + (i64)kvh * vs.h, vs.t, n0, Tq, tid);
 
-    if constexpr (TMA)
-    {
-        if (tid == 0)
-        {
-            mbar_init(full0, 1);
-            mbar_init(full0 + 8, 1);
-            mbar_fence_init();
-        }
-        __syncthreads();
-    }
+    if constexpr (TMA) init_two_stages(full0, tid);
     auto issue = [&](int it, int st) {
         const int hh = kvh * group + it / per, m0 = (mStart + it % per) * BM;
         const unsigned tQ = sStage + st * 2 * TILE;

@@ -371,21 +371,19 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
             TestContext.Current.TestOutputHelper?.WriteLine($"{where}: {what}: worst slice ({worstAt}) relative error {worst:E2} (bound 1e-2)");
             if (!(worst <= 1e-2)) failures.Add($"{where}: {what}: slice ({worstAt}) relative error {worst:E3} exceeds 1e-2");
         }
-        // The forward with K and V by the tensor memory accelerator from the fused activation's 2D maps: the default's bits.
-        var maps = fixture.ForwardTensorMaps!;
-        maps.Profiler!.Reset();
-        var xt = Run(maps, f.Out, f.Lse);
-        if (!maps.Profiler.Totals().Any(r => r.Name == $"flash_forward_hopper_bf16_d{d}_t"))
-            failures.Add($"{where}: HopperAttentionForwardTensorMaps ran {string.Join(", ", maps.Profiler.Totals().Select(r => r.Name))}");
-        int mapDiffer = Enumerable.Range(0, x.Out.Length).Count(i => x.Out[i] != xt.Out[i]) + Enumerable.Range(0, x.Lse.Length).Count(i => x.Lse[i] != xt.Lse[i]);
-        if (mapDiffer != 0) failures.Add($"{where}: the tensor-map forward differs from the default's in {mapDiffer} output and lse elements");
-        var ws = fixture.WarpSpecialized!;
-        ws.Profiler!.Reset();
-        var xw = Run(ws, f.Out, f.Lse);
-        if (!ws.Profiler.Totals().Any(r => r.Name == $"flash_forward_hopper_ws_bf16_d{d}"))
-            failures.Add($"{where}: HopperAttentionForwardWarpSpecialized ran {string.Join(", ", ws.Profiler.Totals().Select(r => r.Name))}");
-        int wsDiffer = Enumerable.Range(0, x.Out.Length).Count(i => x.Out[i] != xw.Out[i]) + Enumerable.Range(0, x.Lse.Length).Count(i => x.Lse[i] != xw.Lse[i]);
-        if (wsDiffer != 0) failures.Add($"{where}: the warp-specialized forward differs from the default's in {wsDiffer} output and lse elements");
+        // The forwards with K and V by the tensor memory accelerator (3D maps of the fused activation's views), the tensor-map
+        // tile and the warp-specialized one: the default's bits.
+        void SameBits(CudaBackend be, string kernel, string build, (double[] Out, double[] Lse, double[] Dq, double[] Dk, double[] Dv) reference)
+        {
+            be.Profiler!.Reset();
+            var r = Run(be, f.Out, f.Lse);
+            if (!be.Profiler.Totals().Any(p => p.Name == kernel))
+                failures.Add($"{where}: the {build} forward ran {string.Join(", ", be.Profiler.Totals().Select(p => p.Name))}");
+            int differ = Enumerable.Range(0, r.Out.Length).Count(i => r.Out[i] != reference.Out[i]) + Enumerable.Range(0, r.Lse.Length).Count(i => r.Lse[i] != reference.Lse[i]);
+            if (differ != 0) failures.Add($"{where}: the {build} forward differs from the reference's in {differ} output and lse elements");
+        }
+        SameBits(fixture.ForwardTensorMaps!, $"flash_forward_hopper_bf16_d{d}_t", "tensor-map", x);
+        SameBits(fixture.WarpSpecialized!, $"flash_forward_hopper_ws_bf16_d{d}", "warp-specialized", x);
         Slices("default output vs FlashAttention-2", f.Out, x.Out, h);
         Slices("default dq vs FlashAttention-2", f.Dq, x.Dq, h);
         Slices("default dk vs FlashAttention-2", f.Dk, x.Dk, kh);
