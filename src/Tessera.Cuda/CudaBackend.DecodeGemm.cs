@@ -57,9 +57,12 @@ public sealed unsafe partial class CudaBackend
     /// Writes at <paramref name="map"/> (128 bytes, 64-byte aligned) the tensor map of a row-major 16-bit matrix of
     /// <paramref name="rows"/> rows of <paramref name="cols"/> values, <paramref name="ld"/> values apart, read in boxes of
     /// <paramref name="boxRows"/> rows by <paramref name="boxCols"/> values: 64 (128 bytes) in the 128-byte swizzle, or 32 (64
-    /// bytes) in the 64-byte swizzle; values past the matrix read as zeros.
+    /// bytes) in the 64-byte swizzle; values past the matrix read as zeros. With <paramref name="planes"/> &gt; 0 the map is 3D:
+    /// that many such matrices, <paramref name="planeStride"/> values apart, each box one plane deep (a box's rows past its
+    /// plane's last read as zeros, not as the next plane's).
     /// </summary>
-    private static void EncodeTensorMap(byte* map, DType dtype, ulong address, int cols, int rows, long ld, int boxRows, int boxCols = DecodeGemmTile)
+    private static void EncodeTensorMap(byte* map, DType dtype, ulong address, int cols, int rows, long ld, int boxRows, int boxCols = DecodeGemmTile,
+        int planes = 0, long planeStride = 0)
     {
         int swizzle = boxCols switch
         {
@@ -67,15 +70,17 @@ public sealed unsafe partial class CudaBackend
             32 => CU_TENSOR_MAP_SWIZZLE_64B,
             _ => throw new ArgumentOutOfRangeException(nameof(boxCols), boxCols, "a box row is 64 values (the 128-byte swizzle) or 32 (the 64-byte one)"),
         };
-        ulong* dims = stackalloc ulong[] { (ulong)cols, (ulong)rows };
-        ulong* strides = stackalloc ulong[] { (ulong)ld * 2 };
-        uint* box = stackalloc uint[] { (uint)boxCols, (uint)boxRows };
-        uint* elementStrides = stackalloc uint[] { 1, 1 };
+        int rank = planes > 0 ? 3 : 2;
+        ulong* dims = stackalloc ulong[] { (ulong)cols, (ulong)rows, (ulong)planes };
+        ulong* strides = stackalloc ulong[] { (ulong)ld * 2, (ulong)planeStride * 2 };
+        uint* box = stackalloc uint[] { (uint)boxCols, (uint)boxRows, 1 };
+        uint* elementStrides = stackalloc uint[] { 1, 1, 1 };
         int type = dtype == DType.BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
-        Check(cuTensorMapEncodeTiled(map, type, 2, address, dims, strides, box, elementStrides,
+        Check(cuTensorMapEncodeTiled(map, type, (uint)rank, address, dims, strides, box, elementStrides,
                 CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
-            "cuTensorMapEncodeTiled", $"{rows} x {cols} {dtype}, row stride {ld}, boxes of {boxRows} x {boxCols}");
+            "cuTensorMapEncodeTiled", (planes > 0 ? $"{planes} x " : "") + $"{rows} x {cols} {dtype}, row stride {ld}"
+                + (planes > 0 ? $", plane stride {planeStride}" : "") + $", boxes of {boxRows} x {boxCols}");
     }
 
     /// <summary>

@@ -1,5 +1,4 @@
 using Tessera.Tensors;
-using static Tessera.Cuda.Interop.CudaDriver;
 
 namespace Tessera.Cuda;
 
@@ -126,24 +125,13 @@ public sealed unsafe partial class CudaBackend
         st.H == d && st.T >= (long)heads * d && st.B >= rows * st.T && address % 16 == 0 && st.T * 2 % 16 == 0 && st.B * 2 % 16 == 0;
 
     /// <summary>
-    /// Writes at <paramref name="map"/> (128 bytes, 64-byte aligned) the tensor map of <paramref name="sequences"/> planes of
-    /// <paramref name="rows"/> rows of <paramref name="cols"/> 16-bit values, rows <paramref name="ld"/> values apart and planes
-    /// <paramref name="planeStride"/>, read in boxes of <paramref name="boxRows"/> rows by 64 values (the 128-byte swizzle) one
-    /// plane deep: a box's rows past its plane's last read as zeros, not as the next plane's (one sequence's keys or queries
-    /// never reach another's tile).
+    /// The tensor map of <paramref name="sequences"/> planes of <paramref name="rows"/> rows of <paramref name="cols"/> 16-bit
+    /// values (rows <paramref name="ld"/> values apart, planes <paramref name="planeStride"/>), in boxes of
+    /// <paramref name="boxRows"/> rows by 64 values one plane deep: a box's rows past its plane's last read as zeros, not as the
+    /// next plane's, so one sequence's keys or queries never reach another's tile.
     /// </summary>
-    private static void EncodeSequenceTensorMap(byte* map, DType dtype, ulong address, int cols, int rows, int sequences, long ld, long planeStride, int boxRows)
-    {
-        ulong* dims = stackalloc ulong[] { (ulong)cols, (ulong)rows, (ulong)sequences };
-        ulong* strides = stackalloc ulong[] { (ulong)ld * 2, (ulong)planeStride * 2 };
-        uint* box = stackalloc uint[] { 64, (uint)boxRows, 1 };
-        uint* elementStrides = stackalloc uint[] { 1, 1, 1 };
-        int type = dtype == DType.BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
-        Check(cuTensorMapEncodeTiled(map, type, 3, address, dims, strides, box, elementStrides,
-                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
-            "cuTensorMapEncodeTiled", $"{sequences} x {rows} x {cols} {dtype}, strides {ld} and {planeStride}, boxes of {boxRows} x 64");
-    }
+    private static void EncodeSequenceTensorMap(byte* map, DType dtype, ulong address, int cols, int rows, int sequences, long ld, long planeStride, int boxRows) =>
+        EncodeTensorMap(map, dtype, address, cols, rows, ld, boxRows, 64, sequences, planeStride);
 
     // The backward's main kernel: CTAs of 64 keys per warpgroup walking query blocks of 64 rows. delta and the fp32 dQ
     // accumulator come from flash_attention.cu's preprocess, which zeroes it; a cast kernel rounds dQ into dq.
