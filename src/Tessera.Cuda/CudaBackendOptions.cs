@@ -352,10 +352,11 @@ public sealed record CudaBackendOptions
     /// where q and dout are one (B T, H D) matrix each (the fused QKV's q, a contiguous dO), instead of every thread's
     /// cp.async copies: ncu counted those at 172 instructions a warp a block, a fifth of the kernel's. The same products in
     /// the same order: dK and dV the same bits, dQ within its cross-CTA reductions' rounding (they run in no fixed order).
-    /// Default false: with 2D maps it measured 0.9 % faster in llama-1b's 2 x 8192 step and level at 8 x 2048 (H100, session
-    /// 48). A tile's rows past T are the next sequence's, masked (see flash_attention_hopper.cu on why these maps stay 2D).
+    /// Default true since session 48 (H100, llama-1b's step: 2 x 8192 298.3 ms against 300.9, the means of five and three
+    /// alternated runs; level at 8 x 2048; docs/benchmarks.md); a tile's rows past T are the next sequence's, masked: see
+    /// flash_attention_hopper.cu on why these maps stay 2D.
     /// </summary>
-    public bool HopperAttentionBackwardTensorMaps { get; init; }
+    public bool HopperAttentionBackwardTensorMaps { get; init; } = true;
 
     /// <summary>
     /// The Hopper attention forward copies each key/value block by the tensor memory accelerator, one thread issuing it
@@ -363,10 +364,10 @@ public sealed record CudaBackendOptions
     /// cache's lengths are given, at each head size's default warpgroups (one at 64, two at 128), instead of every thread's
     /// cp.async copies: ncu counted those at about 150 of the ~712 instructions a warp issues a key block (the assembled
     /// kernel: 1,800 instructions against 1,328 at head size 64). The same products in the same order: the same bits.
-    /// Default false: with 2D maps it measured 5-8 % faster alone at head size 64 and level in llama-1b's power-capped step
-    /// (H100, session 48); the 3D maps have run only on the emulation so far.
+    /// Default true since session 48: alone 5-8 % faster at head size 64 and 3-4 % at 128 (H100, gpu-attention --fused-qkv,
+    /// alternated: 8 x 2048 0.36 against 0.38-0.39 ms, 2 x 8192 1.18-1.20 against 1.27-1.28), level in the power-capped step.
     /// </summary>
-    public bool HopperAttentionForwardTensorMaps { get; init; }
+    public bool HopperAttentionForwardTensorMaps { get; init; } = true;
 
     /// <summary>
     /// The Hopper attention forward runs warp-specialized (<c>flash_forward_hopper_ws_*</c>, after FlashAttention-3) where

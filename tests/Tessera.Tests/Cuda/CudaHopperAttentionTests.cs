@@ -21,16 +21,19 @@ public sealed class HopperAttentionFixture : IDisposable
             Hopper = new CudaBackend(0, CudaBackendOptions.Default with
             {
                 HopperAttention = true, HopperAttentionBackward = true, HopperAttentionWarpgroups = 2, HopperBackwardVariant = 1, ProfileOps = true,
+                HopperAttentionForwardTensorMaps = false,
             });
             OneWarpgroup = new CudaBackend(0, CudaBackendOptions.Default with
             {
                 HopperAttention = true, HopperAttentionBackward = true, HopperAttentionWarpgroups = 1, HopperBackwardVariant = 1, ProfileOps = true,
+                HopperAttentionForwardTensorMaps = false,
             });
             Defaults = new CudaBackend(0, CudaBackendOptions.Default with { ProfileOps = true });
             Flash2 = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = false, HopperAttentionBackward = false });
             BackwardVariants = [.. new[] { 2, 3, 4, 5, 6, 7, 8, 9, 10 }.Select(v => new CudaBackend(0, CudaBackendOptions.Default with
             {
                 HopperAttention = true, HopperAttentionBackward = true, HopperBackwardVariant = v, ProfileOps = true,
+                HopperAttentionBackwardTensorMaps = false,
             }))];
             TensorMapVariants = [.. new[] { 2, 3, 4, 6, 9 }.Select(v => new CudaBackend(0, CudaBackendOptions.Default with
             {
@@ -39,6 +42,7 @@ public sealed class HopperAttentionFixture : IDisposable
             }))];
             ForwardTensorMaps = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttentionForwardTensorMaps = true, ProfileOps = true });
             WarpSpecialized = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttentionForwardWarpSpecialized = true, ProfileOps = true });
+            ForwardCopies = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttentionForwardTensorMaps = false, ProfileOps = true });
         }
         catch (Exception e) when (e is Tessera.Cuda.Interop.CudaUnavailableException or DllNotFoundException or EntryPointNotFoundException)
         {
@@ -61,6 +65,8 @@ public sealed class HopperAttentionFixture : IDisposable
     /// <summary>The default options with the warp-specialized forward
     /// (<see cref="CudaBackendOptions.HopperAttentionForwardWarpSpecialized"/>), profiled.</summary>
     public CudaBackend? WarpSpecialized { get; }
+    /// <summary>The default options with the forward's key/value blocks by every thread's cp.async copies, profiled.</summary>
+    public CudaBackend? ForwardCopies { get; }
     /// <summary>The default options (profiled): which backward they choose.</summary>
     public CudaBackend? Defaults { get; }
     public string? Reason { get; }
@@ -72,6 +78,7 @@ public sealed class HopperAttentionFixture : IDisposable
         Defaults?.Dispose();
         ForwardTensorMaps?.Dispose();
         WarpSpecialized?.Dispose();
+        ForwardCopies?.Dispose();
         Hopper?.Dispose();
         OneWarpgroup?.Dispose();
         Flash2?.Dispose();
@@ -150,8 +157,8 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
         // The tensor-map build (K and V by the tensor memory accelerator) against the default tile it shares (one warpgroup at
         // D 64, two at 128): the same products in the same order over the same tiles (a key block's rows past S zeros in
         // both), so the same bits.
-        var defaults = fixture.Defaults!;
-        var (oD, lD) = Forward(defaults, dtype, q, k, v, b, t, s, h, kh, d, scale);
+        var copies = fixture.ForwardCopies!;   // the default now is the tensor-map build
+        var (oD, lD) = Forward(copies, dtype, q, k, v, b, t, s, h, kh, d, scale);
         // And the warp-specialized forward: each consumer warpgroup the same products over the same tiles as the default
         // tile's warpgroups, so the same bits.
         void SameBits(CudaBackend be, string kernel, string build)
@@ -380,8 +387,10 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
             int differ = Enumerable.Range(0, r.Out.Length).Count(i => r.Out[i] != reference.Out[i]) + Enumerable.Range(0, r.Lse.Length).Count(i => r.Lse[i] != reference.Lse[i]);
             if (differ != 0) failures.Add($"{where}: the {build} forward differs from the reference's in {differ} output and lse elements");
         }
-        SameBits(fixture.ForwardTensorMaps!, $"flash_forward_hopper_bf16_d{d}_t", "tensor-map", x);
-        SameBits(fixture.WarpSpecialized!, $"flash_forward_hopper_ws_bf16_d{d}", "warp-specialized", x);
+        // (The default now is the tensor-map tile, so the reference is the cp.async build, run the same way.)
+        var copies = Run(fixture.ForwardCopies!, f.Out, f.Lse);
+        SameBits(fixture.ForwardTensorMaps!, $"flash_forward_hopper_bf16_d{d}_t", "tensor-map", copies);
+        SameBits(fixture.WarpSpecialized!, $"flash_forward_hopper_ws_bf16_d{d}", "warp-specialized", copies);
         Slices("default output vs FlashAttention-2", f.Out, x.Out, h);
         Slices("default dq vs FlashAttention-2", f.Dq, x.Dq, h);
         Slices("default dk vs FlashAttention-2", f.Dk, x.Dk, kh);
@@ -499,7 +508,7 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
         be.Profiler!.Reset();
         var (dq, dk, dv) = Backward(be, DType.BF16, q, k, v, o, dO, lse, b, t, h, kh, d, 1 / Math.Sqrt(d));
         var names = be.Profiler.Totals().Select(r => r.Name).ToList();
-        Assert.Contains($"flash_backward_hopper_v2_bf16_d{d}", names);
+        Assert.Contains($"flash_backward_hopper_{(be.Options.HopperAttentionBackwardTensorMaps ? "v2t" : "v2")}_bf16_d{d}", names);
         Assert.Contains($"flash_backward_hopper_dq_cast_bf16_d{d}", names);
         Assert.All(dq.Concat(dk).Concat(dv), x => Assert.True(double.IsFinite(x)));
     }
