@@ -120,7 +120,7 @@ public sealed unsafe partial class CudaBackend
         splits = (span + keysPerSplit - 1) / keysPerSplit;
         ulong part = Scratch((long)b * h * t * splits * (d + 2) * sizeof(float));
         void** a1 = stackalloc void*[] { &pq, &pk, &pv, &part, &t, &s, &h, &kh, &sq, &sk, &sv, &sc, &keysPerSplit, &starts, &counters, &po, &pl, &so, &window, &cap };
-        Launch("flash_attention.cu", "flash_decode_" + suffix, ((uint)splits, (uint)h, (uint)b), FlashThreads, a1);
+        Launch("flash_attention.cu", "flash_decode_" + suffix, ((uint)splits, (uint)h, (uint)b), FlashThreads, a1, 0, dependent: true);
         if (counters == 0)
         {
             void** a2 = stackalloc void*[] { &part, &po, &pl, &t, &h, &splits, &so };

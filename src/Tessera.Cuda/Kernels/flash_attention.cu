@@ -321,6 +321,8 @@ __device__ void paged_prefill(const T* q, const P* pool, T* out, const int* tabl
 // 128/(D/8) such groups stride over the keys, each with its own online softmax, merged in shared
 // memory. Writes unnormalised partial outputs; flash_decode_combine merges the splits.
 // part (B, H, Tq, splits, D + 2): o[0..D), m (log2 domain), l.
+// Key steps of flash_decode whose rows are loaded together (each a K and a V row of 16 bytes a thread).
+#define FD_BATCH 4
 template <typename T, int D>
 __device__ void flash_decode(const T* q, const T* k, const T* v, float* part, int Tq, int S, int H, int KH,
     Strides3 qs, Strides3 ks, Strides3 vs, float scale, int keysPerSplit, int lo, int window, float cap)
@@ -348,28 +350,40 @@ __device__ void flash_decode(const T* q, const T* k, const T* v, float* part, in
 #pragma unroll
         for (int i = 0; i < 8; i++) acc[i] = 0.f;
         // The loop count is uniform over the warp (the shuffles need every lane); keys past the end score nothing.
-#pragma unroll 2
-        for (int base = begin; base < end; base += NG)
+        // A batch of FD_BATCH keys a group (their K and V rows, 2 x FD_BATCH 16-byte loads a thread) is loaded before any
+        // is scored, so that many round trips to memory overlap; the keys are then scored in the order of the plain loop
+        // (the same online softmax, so the same bits).
+        for (int base = begin; base < end; base += NG * FD_BATCH)
         {
-            const int s = base + grp;
-            const bool ok = s < end;
-            u32x4 kr = {0u, 0u, 0u, 0u}, vr = {0u, 0u, 0u, 0u};
-            if (ok) { kr = *(const u32x4*)(kb + (i64)s * ks.t); vr = *(const u32x4*)(vb + (i64)s * vs.t); }
-            const T* ke = (const T*)&kr;
-            const T* ve = (const T*)&vr;
-            float x = 0.f;
+            u32x4 kr[FD_BATCH], vr[FD_BATCH];
 #pragma unroll
-            for (int i = 0; i < 8; i++) x += qv[i] * to_f(ke[i]);
-#pragma unroll
-            for (int o = TPR / 2; o > 0; o >>= 1) x += __shfl_xor_sync(FULL_MASK, x, o);
-            x = soft_cap(x, cap2);
-            if (ok)
+            for (int u = 0; u < FD_BATCH; u++)
             {
-                const float mn = fmaxf(m, x), corr = exp2f(m - mn), p = exp2f(x - mn);
-                l = l * corr + p;
+                const int s = base + u * NG + grp;
+                kr[u] = {0u, 0u, 0u, 0u}; vr[u] = {0u, 0u, 0u, 0u};
+                if (s < end) { kr[u] = *(const u32x4*)(kb + (i64)s * ks.t); vr[u] = *(const u32x4*)(vb + (i64)s * vs.t); }
+            }
 #pragma unroll
-                for (int i = 0; i < 8; i++) acc[i] = acc[i] * corr + p * to_f(ve[i]);
-                m = mn;
+            for (int u = 0; u < FD_BATCH; u++)
+            {
+                if (base + u * NG >= end) break;   // uniform over the CTA: no group has a key in this step or later ones
+                const bool ok = base + u * NG + grp < end;
+                const T* ke = (const T*)&kr[u];
+                const T* ve = (const T*)&vr[u];
+                float x = 0.f;
+#pragma unroll
+                for (int i = 0; i < 8; i++) x += qv[i] * to_f(ke[i]);
+#pragma unroll
+                for (int o = TPR / 2; o > 0; o >>= 1) x += __shfl_xor_sync(FULL_MASK, x, o);
+                x = soft_cap(x, cap2);
+                if (ok)
+                {
+                    const float mn = fmaxf(m, x), corr = exp2f(m - mn), p = exp2f(x - mn);
+                    l = l * corr + p;
+#pragma unroll
+                    for (int i = 0; i < 8; i++) acc[i] = acc[i] * corr + p * to_f(ve[i]);
+                    m = mn;
+                }
             }
         }
 #pragma unroll
@@ -1095,6 +1109,9 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
         float scale, int keysPerSplit, const int* starts, int* counters, T* o, float* lse, Strides3 os,         \
         int window, float cap)                                                                                  \
     {                                                                                                           \
+        /* A dependent launch (CudaBackend.FlashDecode): what it reads may come from the kernel in front. */    \
+        pdl_wait();                                                                                             \
+        pdl_launch_dependents();                                                                                \
         /* KV cache: the valid length is read here, so one launch (and a captured graph) serves every length. */ \
         /* The splits share keys lo .. S - 1: those in the first query's window (all of them without one). */   \
         if (starts) S = starts[blockIdx.z] + Tq;                                                                \
