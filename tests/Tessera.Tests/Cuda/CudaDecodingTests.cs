@@ -174,19 +174,23 @@ public sealed class CudaDecodingTests(CudaFixture fixture) : CudaTestBase(fixtur
     /// A decode step's attention behind the op that appends its keys, inside an inference scope as a recorded step runs it:
     /// the fused QKV product (norm, product, RoPE, append; at most 4 rows) lets the grouped decode attention start under
     /// programmatic dependent launch. Llama 1B's 32 / 8 heads over a 2,048-position cache (where the grouped kernel is the
-    /// default), two sequences of 1 or 2 new rows at 1,900 and 37 cached positions, or one of 4 rows. Checked: the same
-    /// step on a profiled backend (no programmatic launch) ran the fused op and the grouped kernel and gives the same bits;
+    /// default; <paramref name="grouped"/> false forces the per-query-head split kernel, also launched dependent), two
+    /// sequences of 1 or 2 new rows at 1,900 and 37 cached positions, or one of 4 rows. Checked: the same step on a
+    /// profiled backend (no programmatic launch) ran the fused op and the chosen kernel and gives the same bits;
     /// and the CPU's f64 attention over its own appended cache, with q and the cache rounded to bf16 as the GPU stores them,
     /// is within 2e-2 of the largest output: the output's bf16 rounding (2^-9 relative), plus q and k values a bf16 step
     /// apart where the GPU's fp32 sums and the CPU's f64 ones round to either side of a boundary, which moves scores and
     /// softmax weights by about 2^-8 relative.
     /// </summary>
     [Theory]
-    [InlineData(1)]
-    [InlineData(2)]
-    [InlineData(4)]
-    public void DecodeAttentionBehindTheAppendInADecodeStepMatchesTheCpu(int t)
+    [InlineData(1, true)]
+    [InlineData(2, true)]
+    [InlineData(4, true)]
+    [InlineData(1, false)]
+    [InlineData(4, false)]
+    public void DecodeAttentionBehindTheAppendInADecodeStepMatchesTheCpu(int t, bool grouped)
     {
+        var options = Gpu.Options with { DecodeAttention = grouped ? Tessera.Cuda.DecodeAttentionKernel.Grouped : Tessera.Cuda.DecodeAttentionKernel.PerQueryHead };
         const double theta = 500000.0, eps = 1e-5;
         int b = t == 4 ? 1 : 2, h = 32, kh = 8, d = 64, c = 256, capacity = 2048, rows = (h + 2 * kh) * d;
         int[] starts = b == 2 ? [1900, 37] : [1900];
@@ -212,13 +216,15 @@ public sealed class CudaDecodingTests(CudaFixture fixture) : CudaTestBase(fixtur
             }
             return Download(backend, output);
         }
-        var actual = Step(Gpu);
-        using (var profiled = new Tessera.Cuda.CudaBackend(Gpu.CudaDevice.Ordinal, Gpu.Options with { ProfileOps = true }))
+        double[] actual;
+        using (var backend = new Tessera.Cuda.CudaBackend(Gpu.CudaDevice.Ordinal, options))
+            actual = Step(backend);
+        using (var profiled = new Tessera.Cuda.CudaBackend(Gpu.CudaDevice.Ordinal, options with { ProfileOps = true }))
         {
             Assert.Equal(actual, Step(profiled));
             var kernels = profiled.Profiler!.Totals().Select(r => r.Name).ToList();
             Assert.Contains($"gemv_stream_rope_bf16_m{b * t}", kernels);
-            Assert.Contains(kernels, k => k.StartsWith("flash_decode_gqa_bf16_d64_r", StringComparison.Ordinal));
+            Assert.Contains(kernels, k => k.StartsWith(grouped ? "flash_decode_gqa_bf16_d64_r" : "flash_decode_bf16_d64", StringComparison.Ordinal));
         }
 
         var cpuQkv = _cpu.Allocate(new Shape(b, t, h + 2 * kh, d), DType.F64);
@@ -229,7 +235,7 @@ public sealed class CudaDecodingTests(CudaFixture fixture) : CudaTestBase(fixtur
         var roundedCache = ToCpu(Stored(TestTensors.ToDoubles(_cpu, cpuCache), DType.BF16), b, capacity, 2 * kh, d);
         var expected = _cpu.Allocate(new Shape(b, t, h, d), DType.F64);
         _cpu.AttentionForwardCached(roundedQkv.Slice(2, 0, h), roundedCache.Slice(2, 0, kh), roundedCache.Slice(2, kh, kh), cpuStarts, expected, 1 / Math.Sqrt(d));
-        AssertClose(TestTensors.ToDoubles(_cpu, expected), actual, 2e-2, $"decode attention behind the append, B={b} T={t}");
+        AssertClose(TestTensors.ToDoubles(_cpu, expected), actual, 2e-2, $"decode attention behind the append, B={b} T={t} grouped={grouped}");
     }
 
     [Fact]
