@@ -316,13 +316,14 @@ __device__ void paged_prefill(const T* q, const P* pool, T* out, const int* tabl
 }
 
 // ------------------------------------------------------------------------------------ decode
+// Key steps of flash_decode whose rows are loaded together (each a K and a V row of 16 bytes a thread).
+#define FD_BATCH 4
+
 // Split-K (flash-decoding) for few query rows and many keys. CTA (split, h, b) scores keys
 // [split * keysPerSplit, ...) for every query row; D/8 threads hold one key row (16-byte loads),
 // 128/(D/8) such groups stride over the keys, each with its own online softmax, merged in shared
 // memory. Writes unnormalised partial outputs; flash_decode_combine merges the splits.
 // part (B, H, Tq, splits, D + 2): o[0..D), m (log2 domain), l.
-// Key steps of flash_decode whose rows are loaded together (each a K and a V row of 16 bytes a thread).
-#define FD_BATCH 4
 template <typename T, int D>
 __device__ void flash_decode(const T* q, const T* k, const T* v, float* part, int Tq, int S, int H, int KH,
     Strides3 qs, Strides3 ks, Strides3 vs, float scale, int keysPerSplit, int lo, int window, float cap)
@@ -351,8 +352,8 @@ __device__ void flash_decode(const T* q, const T* k, const T* v, float* part, in
         for (int i = 0; i < 8; i++) acc[i] = 0.f;
         // The loop count is uniform over the warp (the shuffles need every lane); keys past the end score nothing.
         // A batch of FD_BATCH keys a group (their K and V rows, 2 x FD_BATCH 16-byte loads a thread) is loaded before any
-        // is scored, so that many round trips to memory overlap; the keys are then scored in the order of the plain loop
-        // (the same online softmax, so the same bits).
+        // is scored, so that many round trips to memory overlap; the keys are then scored one at a time in key order, as
+        // before the batching (the same online softmax, so the same bits).
         for (int base = begin; base < end; base += NG * FD_BATCH)
         {
             u32x4 kr[FD_BATCH], vr[FD_BATCH];
