@@ -3,19 +3,27 @@ using Tessera.Tensors;
 namespace Tessera.Cuda;
 
 // The inference scope: while one is open, the matrix-vector kernels read their first weights before pdl_wait, but only
-// when the kernel in front of them was also launched in the scope (so work from before it is never overlapped).
+// when the kernel in front of them was also launched in the scope (so work from before it is never overlapped); and the
+// decode attention over device-side positions is chosen for the scope's longest cache, not the cache's capacity.
 public sealed unsafe partial class CudaBackend : IInferenceScope
 {
     private int _inferenceDepth;
     private bool _previousLaunchInScope;
+    private int _longestCache = int.MaxValue;
 
     /// <inheritdoc/>
-    public IDisposable EnterInference()
+    public IDisposable EnterInference(int longestCache = int.MaxValue)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(longestCache);
         if (_inferenceDepth++ == 0) _previousLaunchInScope = false;
-        return new Scope(this);
+        var scope = new Scope(this, _longestCache);
+        _longestCache = Math.Min(_longestCache, longestCache);
+        return scope;
     }
+
+    /// <summary>The longest cache an open scope promises (<see cref="IInferenceScope.EnterInference"/>); int.MaxValue outside one.</summary>
+    internal int LongestCache => _longestCache;
 
     /// <summary>Whether the next matrix-vector launch may load weights before waiting on its predecessor (never when
     /// <see cref="CudaBackendOptions.EarlyWeightLoads"/> is off).</summary>
@@ -24,7 +32,7 @@ public sealed unsafe partial class CudaBackend : IInferenceScope
     /// <summary>Called after every launch: the next kernel's predecessor is in a scope, or not.</summary>
     private void NoteLaunch() => _previousLaunchInScope = _inferenceDepth > 0;
 
-    private sealed class Scope(CudaBackend backend) : IDisposable
+    private sealed class Scope(CudaBackend backend, int outerLongestCache) : IDisposable
     {
         private bool _closed;
 
@@ -32,6 +40,7 @@ public sealed unsafe partial class CudaBackend : IInferenceScope
         {
             if (_closed) return;
             _closed = true;
+            backend._longestCache = outerLongestCache;
             if (--backend._inferenceDepth == 0) backend._previousLaunchInScope = false;
         }
     }

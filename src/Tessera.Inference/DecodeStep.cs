@@ -19,6 +19,8 @@ internal sealed class DecodeStep : IDisposable
     private readonly Tensor? _parameters;                 // (B, TokenSampling.ParameterColumns) I32 when the step draws
     private readonly Sampling.SamplingOptions? _draws;    // the draw's options when it draws (whether a filter applies picks the kernel)
     private ICapturedGraph? _graph;
+    private int _graphLongestCache;   // the cache length the recording was made for (CacheBound)
+    private int _longestCache;        // the bound the body's scope promises
     private int _eagerSteps;
 
     /// <summary>A step over <paramref name="cache"/>; <paramref name="record"/> allows a graph where the backend has them.</summary>
@@ -63,9 +65,18 @@ internal sealed class DecodeStep : IDisposable
     /// <summary>Whether later steps replay a recorded graph.</summary>
     public bool Recorded => _graph is not null;
 
+    /// <summary>Graphs recorded so far (again each time the cache passed the previous recording's bound).</summary>
+    public int Recordings { get; private set; }
+
     /// <summary>Enqueues one step; the cache advances by one position.</summary>
     public void Run()
     {
+        // A recording promised the backend caches of at most its bound; past it, the next step records again.
+        if (_graph is not null && _cache.Length + 1 > _graphLongestCache)
+        {
+            _graph.Dispose();
+            _graph = null;
+        }
         if (_graph is not null)
         {
             _cache.EnsureRoom(1);
@@ -73,6 +84,7 @@ internal sealed class DecodeStep : IDisposable
             _cache.AdvanceReplayed(1);
             return;
         }
+        _longestCache = CacheBound(_cache.Length + 1, _cache.MaxSequence);
         // The first step runs normally so that every buffer, kernel module and product plan exists before recording.
         if (_record && _eagerSteps > 0 && _model.Backend is IGraphCapture capture)
         {
@@ -80,6 +92,8 @@ internal sealed class DecodeStep : IDisposable
             _graph = capture.Capture(Body);   // host bookkeeping (the cache's Length) ran once while recording
             if (_graph is not null)
             {
+                _graphLongestCache = _longestCache;
+                Recordings++;
                 _graph.Replay();
                 return;
             }
@@ -88,10 +102,18 @@ internal sealed class DecodeStep : IDisposable
         _eagerSteps++;
     }
 
+    /// <summary>
+    /// The cache length a step promises its backend (<see cref="IInferenceScope.EnterInference"/>) when its cache will hold
+    /// <paramref name="length"/> positions: the next power of two (at least 256), at most the capacity. A recording serves
+    /// until the cache passes it, so a whole generation records about log2(capacity / 256) times.
+    /// </summary>
+    internal static int CacheBound(int length, int capacity) =>
+        Math.Min(capacity, (int)Math.Max(256, System.Numerics.BitOperations.RoundUpToPowerOf2((uint)Math.Max(1, length))));
+
     private void Body()
     {
         // Nothing a decode step enqueues writes a weight: the backend may overlap weight loads with the kernel in front.
-        using var scope = (_model.Backend as IInferenceScope)?.EnterInference();
+        using var scope = (_model.Backend as IInferenceScope)?.EnterInference(_longestCache);
         var logits = _model.ForwardWithCache(Tokens, _cache, validateTokens: false);   // (B, 1, Vpad)
         int b = logits.Size(0), vPad = logits.Size(2);
         Logits = logits.Reshape(b, vPad).Slice(1, 0, _model.Config.VocabSize);

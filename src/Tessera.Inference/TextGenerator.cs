@@ -48,6 +48,10 @@ public sealed class TextGenerator
     /// <summary>Whether the decode step of the last generation replayed a recorded graph.</summary>
     public bool LastRunRecorded { get; private set; }
 
+    /// <summary>Graphs the last generation's decode step recorded: one, and one more each time its cache passed the length
+    /// the recording promised the backend (a power of two).</summary>
+    public int LastRunRecordings { get; private set; }
+
     /// <summary>Positions the last generation's KV cache could hold (per layer): the model's context for the dense cache,
     /// the pool's blocks x block size for the bounded window cache.</summary>
     public int LastRunCachePositions { get; private set; }
@@ -114,6 +118,7 @@ public sealed class TextGenerator
         using var step = new DecodeStep(_model, cache, greedy, options.CaptureGraph, json is null ? options.Sampling : null);
         bool onDevice = greedy || step.Draws;
         LastRunRecorded = false;
+        LastRunRecordings = 0;
         // LongRoPE: the first step past original_max_position_embeddings switches to the long factors, which the cached keys
         // (rotated with the short ones) do not have; transformers' Phi3ForCausalLM drops its cache there and recomputes the
         // whole sequence, and so does this loop (once: every later step is past it too).
@@ -173,6 +178,7 @@ public sealed class TextGenerator
                 }
                 step.Run();                                          // greedy or drawn: the step's token lands in step.Tokens
                 LastRunRecorded = step.Recorded;
+                LastRunRecordings = step.Recordings;
                 if (onDevice)
                 {
                     backend.CopyToHost<int>(step.Tokens, chosen);
@@ -206,6 +212,7 @@ public sealed class TextGenerator
         LastRunCachePositions = cache.MaxSequence;
         LastRunPeakBlocks = 0;
         LastRunRecorded = false;
+        LastRunRecordings = 0;
         var stop = options.StopTokens as ISet<int> ?? new HashSet<int>(options.StopTokens);
         var history = new List<int>(prompt);
         bool greedy = options.Sampling.Temperature == 0;
@@ -363,6 +370,7 @@ public sealed class TextGenerator
         LastRunCachePositions = cache.Blocks * cache.BlockSize;
         LastRunPeakBlocks = 0;
         LastRunRecorded = false;
+        LastRunRecordings = 0;
         for (int produced = 0; ; )
         {
             int room = sequence.PendingTokens == 1 ? Math.Min(k, sequence.MaxLength - sequence.Tokens.Count - 1) : 0;

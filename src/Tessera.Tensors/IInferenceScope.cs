@@ -12,7 +12,10 @@ public interface IInferenceScope
     /// <summary>
     /// Opens a scope (scopes nest). Until it is disposed, the caller promises that nothing it enqueues on this backend writes
     /// a tensor that a matrix product enqueued in the scope reads as its weight (b). Work enqueued before the scope is
-    /// not covered: the first kernel in the scope still waits for it.
+    /// not covered: the first kernel in the scope still waits for it. With <paramref name="longestCache"/> the caller also
+    /// promises that no sequence of a KV cache that an attention in the scope reads (by its device-side positions) holds
+    /// more than that many positions, the scope's own appends included, also when the work is recorded and replayed:
+    /// a backend may pick its decode attention for caches that long rather than for the cache's whole capacity.
     /// </summary>
-    IDisposable EnterInference();
+    IDisposable EnterInference(int longestCache = int.MaxValue);
 }
