@@ -25,6 +25,16 @@ public sealed unsafe partial class CudaBackend : IInferenceScope
     /// <summary>The longest cache an open scope promises (<see cref="IInferenceScope.EnterInference"/>); int.MaxValue outside one.</summary>
     internal int LongestCache => _longestCache;
 
+    /// <inheritdoc/>
+    /// <remarks>The decode attention's choice changes once, at <see cref="FlashDecodeGroupMinKeys"/> positions (per-query-head
+    /// below, grouped from there), unless <see cref="CudaBackendOptions.DecodeAttention"/> forces one kernel.</remarks>
+    public int CacheBound(int length, int capacity)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(length);
+        ArgumentOutOfRangeException.ThrowIfLessThan(capacity, Math.Max(1, length));
+        return DecodeGrouped is null && length < FlashDecodeGroupMinKeys ? Math.Min(capacity, FlashDecodeGroupMinKeys - 1) : capacity;
+    }
+
     /// <summary>Whether the next matrix-vector launch may load weights before waiting on its predecessor (never when
     /// <see cref="CudaBackendOptions.EarlyWeightLoads"/> is off).</summary>
     internal bool EarlyWeights => Options.EarlyWeightLoads && _inferenceDepth > 0 && _previousLaunchInScope;
@@ -40,8 +50,13 @@ public sealed unsafe partial class CudaBackend : IInferenceScope
         {
             if (_closed) return;
             _closed = true;
-            backend._longestCache = outerLongestCache;
-            if (--backend._inferenceDepth == 0) backend._previousLaunchInScope = false;
+            // Scopes closed out of order: the last one to close leaves no promise behind.
+            if (--backend._inferenceDepth == 0)
+            {
+                backend._previousLaunchInScope = false;
+                backend._longestCache = int.MaxValue;
+            }
+            else backend._longestCache = outerLongestCache;
         }
     }
 }

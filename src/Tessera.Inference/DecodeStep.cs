@@ -9,7 +9,9 @@ namespace Tessera.Inference;
 /// for greedy decoding the argmax of the logits, or with a sampler's options the token drawn on the device
 /// (<see cref="IBackend.SampleRows"/> at the cache's positions), written back into <see cref="Tokens"/> for the next step. Every launch
 /// reads the position from the cache's device-side positions, so where the backend can record (<see cref="IGraphCapture"/>)
-/// the second step is recorded and every later step is one replay: the host's per-op cost leaves the decode loop.
+/// the second step is recorded and every later step is one replay: the host's per-op cost leaves the decode loop. Each
+/// step promises the backend the longest cache worth promising (<see cref="IInferenceScope.CacheBound"/>), so its kernels
+/// suit the cache's length, not its capacity; once the cache passes the recording's bound, the next step records again.
 /// </summary>
 internal sealed class DecodeStep : IDisposable
 {
@@ -19,7 +21,7 @@ internal sealed class DecodeStep : IDisposable
     private readonly Tensor? _parameters;                 // (B, TokenSampling.ParameterColumns) I32 when the step draws
     private readonly Sampling.SamplingOptions? _draws;    // the draw's options when it draws (whether a filter applies picks the kernel)
     private ICapturedGraph? _graph;
-    private int _graphLongestCache;   // the cache length the recording was made for (CacheBound)
+    private int _graphLongestCache;   // the cache length the recording promised (IInferenceScope.CacheBound)
     private int _longestCache;        // the bound the body's scope promises
     private int _eagerSteps;
 
@@ -84,7 +86,8 @@ internal sealed class DecodeStep : IDisposable
             _cache.AdvanceReplayed(1);
             return;
         }
-        _longestCache = CacheBound(_cache.Length + 1, _cache.MaxSequence);
+        // The longest cache worth promising: the backend's kernel choices hold up to it.
+        _longestCache = (_model.Backend as IInferenceScope)?.CacheBound(Math.Min(_cache.Length + 1, _cache.MaxSequence), _cache.MaxSequence) ?? _cache.MaxSequence;
         // The first step runs normally so that every buffer, kernel module and product plan exists before recording.
         if (_record && _eagerSteps > 0 && _model.Backend is IGraphCapture capture)
         {
@@ -101,14 +104,6 @@ internal sealed class DecodeStep : IDisposable
         Body();
         _eagerSteps++;
     }
-
-    /// <summary>
-    /// The cache length a step promises its backend (<see cref="IInferenceScope.EnterInference"/>) when its cache will hold
-    /// <paramref name="length"/> positions: the next power of two (at least 256), at most the capacity. A recording serves
-    /// until the cache passes it, so a whole generation records about log2(capacity / 256) times.
-    /// </summary>
-    internal static int CacheBound(int length, int capacity) =>
-        Math.Min(capacity, (int)Math.Max(256, System.Numerics.BitOperations.RoundUpToPowerOf2((uint)Math.Max(1, length))));
 
     private void Body()
     {

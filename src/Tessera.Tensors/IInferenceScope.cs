@@ -18,4 +18,12 @@ public interface IInferenceScope
     /// a backend may pick its decode attention for caches that long rather than for the cache's whole capacity.
     /// </summary>
     IDisposable EnterInference(int longestCache = int.MaxValue);
+
+    /// <summary>
+    /// The longest cache worth promising (<see cref="EnterInference"/>) while a cache of <paramref name="capacity"/>
+    /// positions holds <paramref name="length"/>: the backend chooses the same kernels for every length from
+    /// <paramref name="length"/> up to the value returned (<paramref name="capacity"/> where its choice never changes
+    /// again). A caller that records its work records again once its cache passes it. By default the capacity.
+    /// </summary>
+    int CacheBound(int length, int capacity) => capacity;
 }

@@ -80,20 +80,21 @@ public static class GpuDecodeBench
             $"| Tessera | {preset} | {(quantization != Tessera.Nn.Quantization.WeightQuantization.None ? $"{quantization.ToString().ToLowerInvariant()} + {dtype}" : $"{dtype}")} | {path} | {promptLength} | {newTokens} | {prefillMs:F1} | {promptLength / (prefillMs / 1000):F0} | {decodeMs / decoded:F3} | {decoded / seconds:F1} | {bandwidth / 1e9:F0} | {bandwidth / copyBandwidth:P1} of {copyBandwidth / 1e12:F2} TB/s | {bandwidth / 3.0e12:P1} | {result.PeakDeviceBytes / (double)(1L << 30):F1} |"));
         // Per token over every round, the warm-up included (the profiler is never reset).
         if (backend.Profiler is { } profiler) Console.WriteLine(profiler.Table(options.Rounds * (decoded + 1)));
-        if (resources) WriteResources(backend, config, dtype, quantization);
+        if (resources) WriteResources(backend, config, dtype, quantization, Math.Min(config.MaxSequenceLength, promptLength + newTokens));
         return 0;
     }
 
     /// <summary>
     /// Registers, local bytes (spills), shared bytes and CTAs per SM of a one-row bf16 decode step's kernels, named as the
     /// backend picks them: the matrix-vector products' three epilogues (x of the block's width staged in shared memory) and
-    /// the decode attention over the cache <c>generate</c> makes (the model's longest sequence), the kernel
-    /// <see cref="CudaBackend.FlashDecodeKernel"/> names. CTAs per
+    /// the decode attention over the cache <c>generate</c> makes (the model's longest sequence) at the run's last length,
+    /// the kernel <see cref="CudaBackend.FlashDecodeKernel"/> names for the bound a decode step promises there
+    /// (<see cref="CudaBackend.CacheBound"/>). CTAs per
     /// SM as launched (<see cref="Tessera.Cuda.Compilation.CudaModule.ResidentCtas"/>). Other runs (quantized weights, the
     /// products on cuBLASLt, f32) get a line saying it covers only this one.
     /// </summary>
     private static void WriteResources(CudaBackend backend, TransformerConfig config, DType dtype,
-        Tessera.Nn.Quantization.WeightQuantization quantization)
+        Tessera.Nn.Quantization.WeightQuantization quantization, int lastLength)
     {
         Console.WriteLine();
         if (dtype != DType.BF16 || quantization != Tessera.Nn.Quantization.WeightQuantization.None || !backend.Options.MatrixVectorKernels)
@@ -113,8 +114,10 @@ public static class GpuDecodeBench
         }
         foreach (var epilogue in new[] { "", "_swiglu", "_rope" })
             Row("gemv.cu", $"gemv_stream{epilogue}_bf16_m1", 256, config.Embedding * 2);
-        // The query rows a kv head serves at T = 1, against the cache generate makes (the model's longest sequence).
-        Row("flash_attention.cu", backend.FlashDecodeKernel(DType.BF16, config.HeadSize, config.Heads / config.EffectiveKvHeads, config.MaxSequenceLength, config.AttentionSoftCap), 128, 0);
+        // The query rows a kv head serves at T = 1, against the cache generate makes (the model's longest sequence) as long
+        // as a decode step promises it at the run's last length.
+        int promised = backend.CacheBound(lastLength, config.MaxSequenceLength);
+        Row("flash_attention.cu", backend.FlashDecodeKernel(DType.BF16, config.HeadSize, config.Heads / config.EffectiveKvHeads, promised, config.AttentionSoftCap), 128, 0);
     }
 
     /// <summary>Bytes read plus written per second by a 1 GiB device-to-device copy: the bandwidth a streaming kernel can hope for.</summary>
