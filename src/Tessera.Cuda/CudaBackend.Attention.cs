@@ -12,7 +12,7 @@ public sealed unsafe partial class CudaBackend
     // keys over CTAs when few queries meet many keys.
     private const int FlashBlock = 64, FlashThreads = 128, FlashDecodeMaxQueries = 16, FlashDecodeMinKeys = 256,
         FlashDecodeGroupRowsPerWarp = 4, FlashDecodeMaxSplits = 64, // DECODE_MAX_SPLITS in flash_attention.cu
-        FlashDecodeGroupMinKeys = 2048;
+        FlashDecodeGroupMinKeys = 1536;
 
     /// <summary>Whether the tensor-core kernels take this call: BF16/F16, D = 64 or 128, every row 16-byte aligned.</summary>
     private static bool FlashEligible(int d, params Tensor[] tensors) => (d == 64 || d == 128) && FlashLayout(tensors);
@@ -148,7 +148,9 @@ public sealed unsafe partial class CudaBackend
     /// 20.5 us at 2048 keys and 20.7 against 36.6 at 8192, per-head 11.2 against 12.5 us at a 768-key cache). With
     /// device-side positions the length compared is the capacity, or an inference scope's shorter bound. In the llama-1b
     /// decode step (H100, 768-position caches) the per-head kernel, launched dependent with its key rows batched, took the
-    /// step to 1.152 ms a token against 1.176 with the grouped one (session 49).
+    /// step to 1.152 ms a token against 1.176 with the grouped one (session 49). Session 50 moved the change from 2,048 to
+    /// 1,536 positions by the same step (H100, ms a token, per-head against grouped): 1.140 against 1.164 over positions
+    /// 768-1,024, 1.167 against 1.177 over 1,280-1,536, 1.187 against 1.176 over 1,536-1,792, 1.195 against 1.184 over 1,900-2,040.
     /// <see cref="CudaBackendOptions.DecodeAttention"/> forces one or the other.
     /// </summary>
     private bool? DecodeGrouped => Options.DecodeAttention switch

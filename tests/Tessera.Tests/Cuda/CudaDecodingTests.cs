@@ -428,22 +428,22 @@ public sealed class CudaDecodingTests(CudaFixture fixture) : CudaTestBase(fixtur
     /// <summary>
     /// A recorded decode step promises its backend the longest cache worth promising (<c>IInferenceScope.CacheBound</c>):
     /// the CUDA backend decodes a 4,096-position cache with the per-query-head split kernel while it holds fewer than
-    /// 2,048 positions and with the grouped one from there, and the step records again as the cache passes 2,047. Checked:
+    /// 1,536 positions and with the grouped one from there, and the step records again as the cache passes 1,535. Checked:
     /// the bounds and the kernels named for them; then a BF16 Llama of heads of 64 (8 query heads, 2 kv heads), a
-    /// 2,000-token prompt (seed 49) and 60 greedy tokens: two recordings (at 2,002 positions, bound 2,047; at 2,048, bound
+    /// 1,500-token prompt (seed 49) and 60 greedy tokens: two recordings (at 1,502 positions, bound 1,535; at 1,536, bound
     /// 4,096), and the recorded decode and the eager one, which promises the same bounds, agree token for token (the same
     /// kernels on the same inputs). A forced kernel never asks to record again.
     /// </summary>
     [Fact]
     public void RecordedDecodeRecordsAgainAsTheCachePassesItsBound()
     {
-        Assert.Equal(2047, Gpu.CacheBound(2002, 4096));
-        Assert.Equal(4096, Gpu.CacheBound(2048, 4096));
+        Assert.Equal(1535, Gpu.CacheBound(1502, 4096));
+        Assert.Equal(4096, Gpu.CacheBound(1536, 4096));
         Assert.Equal(1000, Gpu.CacheBound(900, 1000));
-        Assert.StartsWith("flash_decode_bf16_d64", Gpu.FlashDecodeKernel(DType.BF16, 64, 4, Gpu.CacheBound(2002, 4096)), StringComparison.Ordinal);
-        Assert.StartsWith("flash_decode_gqa_bf16_d64", Gpu.FlashDecodeKernel(DType.BF16, 64, 4, Gpu.CacheBound(2048, 4096)), StringComparison.Ordinal);
+        Assert.StartsWith("flash_decode_bf16_d64", Gpu.FlashDecodeKernel(DType.BF16, 64, 4, Gpu.CacheBound(1502, 4096)), StringComparison.Ordinal);
+        Assert.StartsWith("flash_decode_gqa_bf16_d64", Gpu.FlashDecodeKernel(DType.BF16, 64, 4, Gpu.CacheBound(1536, 4096)), StringComparison.Ordinal);
         using (var forced = new Tessera.Cuda.CudaBackend(Gpu.CudaDevice.Ordinal, Gpu.Options with { DecodeAttention = Tessera.Cuda.DecodeAttentionKernel.Grouped }))
-            Assert.Equal(4096, forced.CacheBound(2002, 4096));
+            Assert.Equal(4096, forced.CacheBound(1502, 4096));
 
         var config = ModelPresets.Get("llama-debug") with { MaxSequenceLength = 4096, Layers = 1, Embedding = 512, Heads = 8, KvHeads = 2, Hidden = 512 };
         var model = new Transformer(config, Gpu, DType.BF16);
@@ -452,7 +452,7 @@ public sealed class CudaDecodingTests(CudaFixture fixture) : CudaTestBase(fixtur
         Gpu.CopyFromHost<float>(_cpu.ToArray<float>(cpu.Parameters.Values), model.Parameters.Masters!);
         model.Parameters.SyncValuesFromMasters();
         var random = new Random(49);
-        int[] prompt = Enumerable.Range(0, 2000).Select(_ => random.Next(config.VocabSize)).ToArray();
+        int[] prompt = Enumerable.Range(0, 1500).Select(_ => random.Next(config.VocabSize)).ToArray();
         var generator = new TextGenerator(model);
         var recorded = generator.Generate(prompt, new GenerationOptions { MaxNewTokens = 60 }).ToList();
         Assert.True(generator.LastRunRecorded, "the decode step should replay a CUDA graph");
