@@ -38,6 +38,15 @@ public sealed record CudaBackendOptions
     public bool EarlyWeightLoads { get; init; } = true;
 
     /// <summary>
+    /// A one-row decode step's MLP (RMSNorm, gate and up, SwiGLU or GeGLU, the down product and the residual add) as one
+    /// launch (gemv.cu's <c>gemv_mlp_*_m1</c>) instead of two: each CTA owns 32 hidden units, so the down product needs no
+    /// grid-wide step after the gate/up product, and the CTAs' partial sums meet in 64-bit fixed point (exact integer adds,
+    /// so the same bits whatever order they arrive in). Session 39 found the step's distance to the copy bandwidth in its chain
+    /// of five all-to-all stages a layer; this takes one away. Default false until measured on a GPU.
+    /// </summary>
+    public bool FusedDecodeFeedForward { get; init; }
+
+    /// <summary>
     /// Products of 5 to 64 rows of x times an nn.Linear weight (a decode step's batch) run on a kernel of ours instead of
     /// cuBLASLt: tensor cores, K in slices that form a thread-block cluster and sum each other's tiles, launched dependent on
     /// the predecessor with the first weight loads ahead of the wait (as the matrix-vector kernels at 1-4 rows);
@@ -599,6 +608,7 @@ public sealed record CudaBackendOptions
         if (MatrixVectorKernels != d.MatrixVectorKernels) parts.Add($"{nameof(MatrixVectorKernels)}={Bool(MatrixVectorKernels)}");
         if (MatrixVectorCtasPerSm != d.MatrixVectorCtasPerSm) parts.Add(Invariant($"{nameof(MatrixVectorCtasPerSm)}={MatrixVectorCtasPerSm}"));
         if (EarlyWeightLoads != d.EarlyWeightLoads) parts.Add($"{nameof(EarlyWeightLoads)}={Bool(EarlyWeightLoads)}");
+        if (FusedDecodeFeedForward != d.FusedDecodeFeedForward) parts.Add($"{nameof(FusedDecodeFeedForward)}={Bool(FusedDecodeFeedForward)}");
         if (DecodeProducts != d.DecodeProducts) parts.Add($"{nameof(DecodeProducts)}={Bool(DecodeProducts)}");
         if (HopperDecodeProducts != d.HopperDecodeProducts) parts.Add($"{nameof(HopperDecodeProducts)}={Bool(HopperDecodeProducts)}");
         if (HopperTrainingProducts != d.HopperTrainingProducts) parts.Add($"{nameof(HopperTrainingProducts)}={Bool(HopperTrainingProducts)}");
@@ -669,6 +679,7 @@ public sealed record CudaBackendOptions
         [nameof(MatrixVectorKernels)] = (o, v, s) => o with { MatrixVectorKernels = ParseBool(v, s) },
         [nameof(MatrixVectorCtasPerSm)] = (o, v, s) => o with { MatrixVectorCtasPerSm = ParseInt(v, s) },
         [nameof(EarlyWeightLoads)] = (o, v, s) => o with { EarlyWeightLoads = ParseBool(v, s) },
+        [nameof(FusedDecodeFeedForward)] = (o, v, s) => o with { FusedDecodeFeedForward = ParseBool(v, s) },
         [nameof(DecodeProducts)] = (o, v, s) => o with { DecodeProducts = ParseBool(v, s) },
         [nameof(HopperDecodeProducts)] = (o, v, s) => o with { HopperDecodeProducts = ParseBool(v, s) },
         [nameof(HopperTrainingProducts)] = (o, v, s) => o with { HopperTrainingProducts = ParseBool(v, s) },

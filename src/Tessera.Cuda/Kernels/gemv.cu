@@ -447,6 +447,150 @@ __device__ void gemv_stream(const T* x, const Wt* w0, const Wt* w1, const float*
 #define GEMV_STREAM_ALL(n, T) GEMV_STREAM(n, T, 1) GEMV_STREAM(n, T, 2) GEMV_STREAM(n, T, 3) GEMV_STREAM(n, T, 4)
 FOR_FLOAT_TYPES(GEMV_STREAM_ALL)
 
+// ---- The MLP of a one-row decode step in one launch, split over the hidden units ----
+// y (1, N) += Wd (N, F) act(Wg x', Wu x') with x' = RMSNorm(x) (nw, or x itself without one). In a decode step x is y: the
+// residual stream, updated in place.
+// The gate/up product and the down product are joined without a grid-wide step between them: the SwiGLU (or GeGLU) is
+// element-wise over the F hidden units, so CTA c owns C of them (c C .. c C + C - 1): it computes their gate and up rows
+// against the staged, normalized x (a warp a unit of hidden units, the stream's register double buffer), rounds their
+// activations to T as the two-launch path stores them, and then multiplies the C columns of Wd they meet (Wd's row n,
+// columns c C .., C * sizeof(T) bytes: L = C / V lanes a row, 32 / L rows a warp load) into one partial sum a row. The
+// partials of the F / C CTAs are summed exactly, in 64-bit fixed point (2^-32 units; integer adds, so the result does not
+// depend on the order the CTAs arrive in and a replay gives the same bits): acc (N) holds the sums. A partial that
+// fixed point cannot hold (not finite, or so large that F / C of them could pass 2^63) marks its row in bad (N), and the
+// row's output becomes NaN. The rows are walked in segments of MLP_SEGMENT, CTA c starting at segment c mod segments, and
+// counters (segments) counts the warps done with a segment: the last warp of the grid to finish one writes its rows
+// (x + sum, rounded to T once, as the down product's residual add does) and leaves acc, bad and the counter zero for the next
+// launch or graph replay. A segment's last warp runs after every CTA has staged x, so the in-place update (x = y) is safe.
+// acc, bad and counters are zero before the first launch (the host's scratch). C: V times a power of two L of at most 32
+// (lanes a row of the down product); grid = F / C CTAs of 256 threads; shared memory N values of T (x's row) and C floats.
+// N a multiple of V; Wd's rows 16-byte aligned (ldd a multiple of V).
+#define MLP_SEGMENT 128
+
+template <typename T>
+__device__ void gemv_mlp(const T* x, T* y, const T* nw, float eps, int unit, const T* wg, const T* wu, const T* bg, const T* bu,
+                         const T* wd, unsigned long long* acc, int* bad, int* counters, int N, int C, i64 ldw, i64 ldd,
+                         int gelu, int early)
+{
+    constexpr int U = 8, V = Vec16<T>::N, WARPS = 8;
+    extern __shared__ unsigned char gemv_smem[];
+    T* sx = reinterpret_cast<T*>(gemv_smem);
+    float* act = reinterpret_cast<float*>(gemv_smem + (i64)N * sizeof(T));   // the CTA's C activations, rounded to T
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int c0 = blockIdx.x * C, chunks = N / V, units = (chunks + 32 * U - 1) / (32 * U);
+    // Gate/up: the warp's hidden units are c0 + warp, c0 + warp + 8, ... (GemvCursor's n, local to the CTA).
+    GemvCursor load{warp, 0, 0}, cur = load;
+    auto row_of = [&](const GemvCursor& g) { return (g.s == 0 ? wg : wu) + (i64)(c0 + g.n) * ldw; };
+    Bytes16 raw[U];
+    if (early && load.n < C) gemv_unit_load<T, U>(row_of(load), load.q, chunks, lane, raw);
+    pdl_wait();
+    pdl_launch_dependents();
+    if (!early && load.n < C) gemv_unit_load<T, U>(row_of(load), load.q, chunks, lane, raw);
+    gemv_stage_x<T, 1>(x, 0, N, sx, nw, eps, unit);   // barriers inside
+    float a[2][1] = {{0.f}, {0.f}};
+    while (cur.n < C)
+    {
+        load.advance(units, 2, WARPS);
+        Bytes16 next[U];
+        if (load.n < C) gemv_unit_load<T, U>(row_of(load), load.q, chunks, lane, next);
+        if (cur.s == 0) gemv_unit_fma<T, T, 1, U>(raw, sx, N, cur.q, chunks, lane, a[0]);
+        else gemv_unit_fma<T, T, 1, U>(raw, sx, N, cur.q, chunks, lane, a[1]);
+        if (cur.q == units - 1 && cur.s == 1)
+        {
+            const float g = warp_sum(a[0][0]) + (bg ? to_f(bg[c0 + cur.n]) : 0.f), u = warp_sum(a[1][0]) + (bu ? to_f(bu[c0 + cur.n]) : 0.f);
+            if (lane == 0) act[cur.n] = to_f(from_f<T>((gelu ? ::gelu(g) : silu(g)) * u));
+            a[0][0] = a[1][0] = 0.f;
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) raw[u] = next[u];
+        cur.advance(units, 2, WARPS);
+    }
+    // Down: lane = (row r of the warp load, part p of the row's C columns); the warp's loads are its row groups of each
+    // segment in the CTA's order, U of them in flight.
+    const int L = C / V, R = 32 / L, r = lane / L, p = lane % L;
+    const int segments = (N + MLP_SEGMENT - 1) / MLP_SEGMENT, groups = MLP_SEGMENT / R;   // row groups a segment
+    const int mine = (groups + WARPS - 1 - warp) / WARPS;                                  // of them this warp's
+    const int total = segments * mine;
+    auto row_at = [&](int i) {   // the i-th row group of this warp: its segment and first row
+        const int s = (blockIdx.x + i / mine) % segments;
+        return s * MLP_SEGMENT + (warp + (i % mine) * WARPS) * R;
+    };
+    auto load_down = [&](int i0, Bytes16* dst) {
+#pragma unroll
+        for (int u = 0; u < U; u++)
+        {
+            const int i = i0 + u;
+            const int n = i < total ? row_at(i) + r : N;
+            dst[u] = n < N ? load_stream16(wd + (i64)n * ldd + c0 + p * V) : Bytes16{};
+        }
+    };
+    load_down(0, raw);   // before the barrier: the first down weights do not wait for the activations
+    __syncthreads();
+    float h[V];
+#pragma unroll
+    for (int j = 0; j < V; j++) h[j] = act[p * V + j];
+    // Each partial in 2^-32 units; F / C of them must sum below 2^63, so each stays below 2^(31 - ceil(log2(grid))).
+    int lg = 0;
+    while ((1 << lg) < (int)gridDim.x) lg++;
+    const float limit = ldexpf(1.f, 31 - lg);
+    const int expected = gridDim.x * min(WARPS, groups);   // the warps of the grid that count each segment
+    for (int i0 = 0; i0 < total; i0 += U)
+    {
+        Bytes16 next[U];
+        load_down(i0 + U, next);
+#pragma unroll
+        for (int u = 0; u < U; u++)
+        {
+            const int i = i0 + u;
+            if (i >= total) break;   // uniform over the warp
+            const int first = row_at(i), n = first + r;
+            float w[V];
+            unpack16<T>(raw[u], w);
+            float s = 0.f;
+#pragma unroll
+            for (int j = 0; j < V; j++) s = fmaf(w[j], h[j], s);
+            for (int o = L / 2; o > 0; o >>= 1) s += __shfl_xor_sync(FULL_MASK, s, o);
+            if (p == 0 && n < N)
+            {
+                if (!(fabsf(s) < limit)) atomicOr(bad + n, 1);
+                else atomicAdd(acc + n, (unsigned long long)llrintf(s * 0x1p32f));
+            }
+            // The warp's last group of a segment: count the warp done with it; the grid's last warp writes the segment.
+            if ((i + 1) % mine == 0)
+            {
+                __threadfence();
+                __syncwarp();
+                int last = 0;
+                if (lane == 0) last = atomicAdd(counters + first / MLP_SEGMENT, 1) == expected - 1;
+                last = __shfl_sync(FULL_MASK, last, 0);
+                if (last)
+                {
+                    __threadfence();
+                    const int s0 = first / MLP_SEGMENT * MLP_SEGMENT;
+                    for (int k = s0 + lane; k < min(N, s0 + MLP_SEGMENT); k += 32)
+                    {
+                        const long long sum = (long long)atomicExch(acc + k, 0ull);
+                        const int b = atomicExch(bad + k, 0);
+                        y[k] = from_f<T>(b ? QNAN : (float)((double)sum * 0x1p-32 + (double)to_f(y[k])));
+                    }
+                    if (lane == 0) counters[first / MLP_SEGMENT] = 0;
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) raw[u] = next[u];
+    }
+}
+
+#define GEMV_MLP(n, T)                                                                                           \
+    extern "C" __global__ void __launch_bounds__(256, 2) gemv_mlp_##n##_m1(const T* x, T* y, const T* nw,       \
+        float eps, int unit, const T* wg, const T* wu, const T* bg, const T* bu, const T* wd,                   \
+        unsigned long long* acc, int* bad, int* counters, int N, int C, i64 ldw, i64 ldd, int gelu, int early)  \
+    {                                                                                                             \
+        gemv_mlp<T>(x, y, nw, eps, unit, wg, wu, bg, bu, wd, acc, bad, counters, N, C, ldw, ldd, gelu, early);       \
+    }
+FOR_FLOAT_TYPES(GEMV_MLP)
+
 // The int8-weight form (CudaBackend.QuantizedMatMul): y (M, N) = scales[n] * (x q_n) + bias[n] + beta * c_in, q (N, K) int8
 // with rows ldw bytes apart, scales (N) fp32; c_in is y (beta 0 or 1) or an addend of y's shape (beta 1). K a multiple of 16.
 // nw (K, or null): x RMS-normalized as it is staged, as in the 16-bit forms. Its SwiGLU form: y (M, F) = SiLU(sg[o] (x qg_o) +

@@ -229,6 +229,13 @@ public class Linear
     public virtual bool IsPlainProduct => Weight.Quantized is null;
 
     /// <summary>
+    /// Whether <see cref="ForwardAccumulate"/> adds exactly x W^T + b to its residual (a plain product, no reduction over
+    /// ranks), so that a fused op may add it in the layer's place (the decode step's one-launch MLP,
+    /// <see cref="IBackend.TryFeedForwardAccumulate"/>). False for a row-parallel layer, which also all-reduces.
+    /// </summary>
+    public virtual bool AccumulatesPlainProduct => IsPlainProduct;
+
+    /// <summary>
     /// Whether the layer computes exactly x W^T + b over its quantized weight (<see cref="Parameter.Quantized"/>), so that a
     /// fused quantized op may read that weight in its place (the MLP's <see cref="IBackend.QuantizedMatMulSwiGlu"/>). False for
     /// a floating-point weight and for a layer that adds more (an unmerged LoRA adapter over a quantized base, QLoRA).

@@ -62,6 +62,10 @@ public sealed class RowParallelLinear : Linear
     /// <remarks>Zeros, then <see cref="ForwardAccumulate"/>, which adds more than the product.</remarks>
     public override void ForwardInto(in PassContext ctx, Tensor x, Tensor output) => ForwardIntoByAccumulating(ctx, x, output);
 
+    /// <inheritdoc/>
+    /// <remarks>False: the product is reduced over the ranks before it is added.</remarks>
+    public override bool AccumulatesPlainProduct => false;
+
     /// <summary>Inference: <paramref name="residual"/> (N, out) += the all-reduced product (no sequence parallelism while decoding).</summary>
     public override void ForwardAccumulate(in PassContext ctx, Tensor x, Tensor residual)
     {

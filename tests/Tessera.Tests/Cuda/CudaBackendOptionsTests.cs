@@ -17,6 +17,7 @@ public sealed class CudaBackendOptionsTests
         MatrixVectorKernels = false,
         MatrixVectorCtasPerSm = 1,
         EarlyWeightLoads = false,
+        FusedDecodeFeedForward = true,
         HopperDecodeProducts = false,
         DecodeProductTensorMaps = true,
         HopperTrainingProducts = false,

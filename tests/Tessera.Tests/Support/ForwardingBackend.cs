@@ -41,6 +41,7 @@ internal class ForwardingBackend(IBackend inner) : IBackend
     public virtual void DownSwiGluBackward(Tensor dOutput, Tensor downWeight, Tensor gateUp, Tensor dGateUp, Tensor dActivated) =>
         DownSwiGluBackwardComposition.Apply(this, dOutput, downWeight, gateUp, dGateUp, dActivated);
     public virtual void MatMulSwiGlu(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor output, Tensor? gateBias = null, Tensor? upBias = null, RmsNormPrologue? norm = null, bool geluGate = false) => Inner.MatMulSwiGlu(x, gateWeight, upWeight, output, gateBias, upBias, norm, geluGate);
+    public virtual bool TryFeedForwardAccumulate(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor downWeight, Tensor target, Tensor? gateBias = null, Tensor? upBias = null, RmsNormPrologue? norm = null, bool geluGate = false) => Inner.TryFeedForwardAccumulate(x, gateWeight, upWeight, downWeight, target, gateBias, upBias, norm, geluGate);
     public virtual void RmsNormMatMul(Tensor x, RmsNormPrologue norm, Tensor weight, Tensor output, Tensor? bias = null) => Inner.RmsNormMatMul(x, norm, weight, output, bias);
     public virtual void MoeRoute(Tensor logits, Tensor expertIds, Tensor weights, bool normalize) => Inner.MoeRoute(logits, expertIds, weights, normalize);
     public virtual void MoeAlign(Tensor expertIds, Tensor offsets, Tensor slots) => Inner.MoeAlign(expertIds, offsets, slots);
