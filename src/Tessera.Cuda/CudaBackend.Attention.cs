@@ -174,22 +174,11 @@ public sealed unsafe partial class CudaBackend
     }
 
     private ulong _decodeCounters;
-    private int _decodeCounterCapacity;
+    private long _decodeCounterBytes;
 
-    /// <summary>At least <paramref name="count"/> zeroed I32 split counters for the fused decode combine, or 0 when they would
-    /// have to grow while a graph is being recorded (the caller then launches the separate combine kernel).</summary>
-    private ulong DecodeCounters(int count)
-    {
-        if (count <= _decodeCounterCapacity) return _decodeCounters;
-        if (_capturing) return 0;
-        if (_decodeCounters != 0) _allocator.Free(_decodeCounters);
-        int capacity = Math.Max(count, 1024);
-        _decodeCounters = _allocator.Allocate(capacity * sizeof(int));
-        _decodeCounterCapacity = capacity;
-        CudaDevice.MakeCurrent();
-        Interop.CudaDriver.Check(Interop.CudaDriver.cuMemsetD8Async(_decodeCounters, 0, (nuint)(capacity * sizeof(int)), Stream.Handle), "cuMemsetD8Async");
-        return _decodeCounters;
-    }
+    /// <summary>At least <paramref name="count"/> zeroed I32 split counters for the fused decode combine (at least 1,024), or 0
+    /// when they would have to grow while a graph is being recorded (the caller then launches the separate combine kernel).</summary>
+    private ulong DecodeCounters(int count) => ZeroedOnce(ref _decodeCounters, ref _decodeCounterBytes, (long)Math.Max(count, 1024) * sizeof(int));
 
     private void FlashBackward(DType dtype, int b, int t, int h, int kh, int d, ulong pq, ulong pk, ulong pv, ulong po, ulong pd, ulong pl,
         ulong pdq, ulong pdk, ulong pdv, Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, Strides3 sd, Strides3 sdq, Strides3 sdk, Strides3 sdv, float sc,

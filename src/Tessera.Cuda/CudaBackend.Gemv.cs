@@ -49,25 +49,14 @@ public sealed unsafe partial class CudaBackend
     private const int FusedMlpSegment = 128;
 
     private ulong _fusedMlpScratch;
-    private int _fusedMlpCapacity;
+    private long _fusedMlpScratchBytes;
 
     /// <summary>
     /// <c>gemv_mlp_*_m1</c>'s scratch for outputs of <paramref name="c"/> rows: the 64-bit fixed-point sums (c), the bad-row
-    /// flags (c) and the segment counters, zeroed once, outside any graph recording; every launch leaves them zero, so one
-    /// buffer serves every layer and every replay. 0 while a recording would need a new one (the caller then runs the two launches).
+    /// flags (c) and the segment counters (<see cref="ZeroedOnce"/>: every launch leaves them zero, so one buffer serves every
+    /// layer and every replay). 0 while a recording would need a larger one (the caller then runs the two launches).
     /// </summary>
-    private ulong FusedMlpScratch(int c)
-    {
-        if (c <= _fusedMlpCapacity) return _fusedMlpScratch;
-        if (_capturing) return 0;
-        if (_fusedMlpScratch != 0) _allocator.Free(_fusedMlpScratch);
-        long bytes = FusedMlpScratchBytes(c);
-        _fusedMlpScratch = _allocator.Allocate(bytes);
-        _fusedMlpCapacity = c;
-        CudaDevice.MakeCurrent();
-        Interop.CudaDriver.Check(Interop.CudaDriver.cuMemsetD8Async(_fusedMlpScratch, 0, (nuint)bytes, Stream.Handle), "cuMemsetD8Async");
-        return _fusedMlpScratch;
-    }
+    private ulong FusedMlpScratch(int c) => ZeroedOnce(ref _fusedMlpScratch, ref _fusedMlpScratchBytes, FusedMlpScratchBytes(c));
 
     private static long FusedMlpScratchBytes(int c) => (long)c * sizeof(ulong) + (long)c * sizeof(int) + (c + FusedMlpSegment - 1) / FusedMlpSegment * sizeof(int);
 

@@ -231,6 +231,23 @@ public sealed unsafe partial class CudaBackend : IBackend, IDisposable
     /// <summary>Scratch device memory for one op, returned (stream-ordered) by the caller right after its launches.</summary>
     private ulong Scratch(long bytes) => _allocator.Allocate(bytes);
 
+    /// <summary>
+    /// A device buffer of at least <paramref name="bytes"/> that the kernels using it leave zero after every launch (split
+    /// counters, fixed-point sums): made and zeroed once, outside any graph recording, so recorded steps address it and find
+    /// it zero. Grown, not freed: a graph recorded earlier may still address the smaller buffer. 0 while a recording would
+    /// need it to grow (the caller then takes a path without it).
+    /// </summary>
+    private ulong ZeroedOnce(ref ulong buffer, ref long capacity, long bytes)
+    {
+        if (bytes <= capacity) return buffer;
+        if (_capturing) return 0;
+        buffer = _allocator.Allocate(bytes);
+        capacity = bytes;
+        CudaDevice.MakeCurrent();
+        Interop.CudaDriver.Check(Interop.CudaDriver.cuMemsetD8Async(buffer, 0, (nuint)bytes, Stream.Handle), "cuMemsetD8Async");
+        return buffer;
+    }
+
     private void FreeScratch(ulong pointer) => _allocator.Free(pointer);
 
     private static void RequireContiguous(string op, string name, Tensor t)
