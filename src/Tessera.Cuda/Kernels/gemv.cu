@@ -558,13 +558,20 @@ __device__ void gemv_mlp(const T* x, T* y, const T* nw, float eps, int unit, con
             // The warp's last group of a segment: count the warp done with it; the grid's last warp writes the segment.
             if ((i + 1) % mine == 0)
             {
+                // Each lane's adds fenced, the warp met, and lane 0 fenced again before it counts: the count is seen
+                // after every add of the warp. The last warp meets and fences before it reads the sums.
                 __threadfence();
                 __syncwarp();
                 int last = 0;
-                if (lane == 0) last = atomicAdd(counters + first / MLP_SEGMENT, 1) == expected - 1;
+                if (lane == 0)
+                {
+                    __threadfence();
+                    last = atomicAdd(counters + first / MLP_SEGMENT, 1) == expected - 1;
+                }
                 last = __shfl_sync(FULL_MASK, last, 0);
                 if (last)
                 {
+                    __syncwarp();
                     __threadfence();
                     const int s0 = first / MLP_SEGMENT * MLP_SEGMENT;
                     for (int k = s0 + lane; k < min(N, s0 + MLP_SEGMENT); k += 32)

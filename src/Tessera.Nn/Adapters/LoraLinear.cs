@@ -99,6 +99,10 @@ public sealed class LoraLinear : Linear, IPartialOutputTerm
     public override bool IsPlainProduct => Merged;
 
     /// <inheritdoc/>
+    /// <remarks>False over a row-parallel base, whose accumulation also all-reduces.</remarks>
+    public override bool AccumulatesPlainProduct => _rowParallel is null && IsPlainProduct;
+
+    /// <inheritdoc/>
     public override bool IsPlainQuantizedProduct => base.IsPlainQuantizedProduct && Merged;
 
     private bool Dropping(in PassContext ctx) => ctx.SaveForBackward && Dropout > 0 && DropoutEnabled;

@@ -180,6 +180,10 @@ public sealed class MultiLoraLinear : Linear, IPartialOutputTerm
     public override bool IsPlainProduct => base.IsPlainProduct && !_batch.Active;
 
     /// <inheritdoc/>
+    /// <remarks>False over a row-parallel base, whose accumulation also all-reduces.</remarks>
+    public override bool AccumulatesPlainProduct => _rowParallel is null && IsPlainProduct;
+
+    /// <inheritdoc/>
     public override bool IsPlainQuantizedProduct => base.IsPlainQuantizedProduct && !_batch.Active;
 
     /// <inheritdoc/>
