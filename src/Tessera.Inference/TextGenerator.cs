@@ -49,7 +49,7 @@ public sealed class TextGenerator
     public bool LastRunRecorded { get; private set; }
 
     /// <summary>Graphs the last generation's decode step recorded: one, and one more each time its cache passed the length
-    /// the recording promised the backend (a power of two).</summary>
+    /// the recording promised the backend (<see cref="IInferenceScope.CacheBound"/>).</summary>
     public int LastRunRecordings { get; private set; }
 
     /// <summary>Positions the last generation's KV cache could hold (per layer): the model's context for the dense cache,
