@@ -131,6 +131,60 @@ public sealed unsafe partial class CudaBackend
         FreeScratch(part);
     }
 
+    /// <summary>Warps a CTA of <c>flash_decode_out_*</c> (FDO_WARPS in flash_attention.cu), and the most query heads a kv head
+    /// it serves (FDO_MAX_R).</summary>
+    private const int DecodeOutWarps = 8, DecodeOutMaxHeadsPerKvHead = 8;
+
+    private ulong _decodeOutScratch;
+    private long _decodeOutScratchBytes;
+
+    /// <inheritdoc/>
+    /// <remarks>Under <see cref="CudaBackendOptions.FusedDecodeAttentionOutput"/>, for BF16/F16 heads of 64 or 128 in the flash
+    /// kernels' layout, at most 8 query heads a kv head, and a cache shorter than the grouped decode's threshold (its
+    /// capacity, or the longest an inference scope promises): one launch of <c>flash_decode_out_*</c> (flash_attention.cu),
+    /// a CTA per (kv head, segment of output rows, sequence). The segments are sized so the CTAs cover the SMs about once
+    /// and each CTA's slice of the output weight fits its shared memory.</remarks>
+    public bool TryAttentionOutputAccumulate(Tensor q, Tensor keyCache, Tensor valueCache, Tensor startPositions, Tensor outputWeight,
+        Tensor? outputBias, Tensor target, double scale, int window = 0)
+    {
+        const string op = nameof(TryAttentionOutputAccumulate);
+        if (!Options.FusedDecodeAttentionOutput || q.Rank != 4 || q.Size(1) != 1) return false;
+        window = KernelWindow(op, window);
+        CheckAttention(op, q, keyCache, valueCache, out int b, out _, out int s, out int h, out int kh, out int d);
+        RequirePositions(op, startPositions, b);
+        var dtype = q.DType;
+        int r = h / kh, width = r * d;
+        if ((d != 64 && d != 128) || r > DecodeOutMaxHeadsPerKvHead || !FlashLayout([q, keyCache, valueCache])) return false;
+        if (Math.Min(s, LongestCache) >= FlashDecodeGroupMinKeys) return false;   // every segment's CTA reads the whole cache
+        if (outputWeight.Rank != 2 || outputWeight.DType != dtype || outputWeight.Size(1) != h * d || outputWeight.Stride(1) != 1
+            || outputWeight.Stride(0) % 8 != 0 || Ptr(outputWeight) % 16 != 0) return false;
+        int c = outputWeight.Size(0);
+        if (target.Rank != 2 || target.Size(0) != b || target.Size(1) != c || target.DType != dtype || target.Stride(1) != 1
+            || !BiasFits(outputBias, dtype, c) || b == 0 || c == 0) return false;
+        // Output rows a CTA: kh x b x segments CTAs about one wave, rows a multiple of the warps, shrunk until the CTA's
+        // slice of the weight and its attention state fit shared memory.
+        int segments = Math.Max(1, (CudaDevice.MultiprocessorCount + kh * b - 1) / (kh * b));
+        int rows = ((c + segments - 1) / segments + DecodeOutWarps - 1) / DecodeOutWarps * DecodeOutWarps;
+        long state = (2L * width + DecodeOutWarps * r * 32 + (long)DecodeOutWarps * r * (d + 2)) * sizeof(float);
+        while (rows > DecodeOutWarps && (long)rows * width * dtype.SizeInBytes() + state > CudaDevice.MaxSharedMemoryPerBlockOptIn) rows -= DecodeOutWarps;
+        long shared = (long)rows * width * dtype.SizeInBytes() + state;
+        if (shared > CudaDevice.MaxSharedMemoryPerBlockOptIn) return false;
+        segments = (c + rows - 1) / rows;
+        long partBytes = (long)b * kh * c * sizeof(float);
+        ulong scratch = ZeroedOnce(ref _decodeOutScratch, ref _decodeOutScratchBytes, partBytes + (long)b * segments * sizeof(int));
+        if (scratch == 0) return false;   // a recording that would need a larger one: the caller runs the two ops
+        ulong pq = Ptr(q), pk = Ptr(keyCache), pv = Ptr(valueCache), starts = Ptr(startPositions), pw = Ptr(outputWeight),
+            pb = PtrOrNull(outputBias), py = Ptr(target), part = scratch, counters = scratch + (ulong)partBytes;
+        var sq = Strides3.Of(op, "q", q); var sk = Strides3.Of(op, "keyCache", keyCache); var sv = Strides3.Of(op, "valueCache", valueCache);
+        long ldo = outputWeight.Stride(0), ldy = target.Stride(0);
+        float sc = (float)scale;
+        int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
+        void** args = stackalloc void*[] { &pq, &pk, &pv, &starts, &s, &pw, &pb, &py, &part, &counters, &h, &kh, &c, &rows, &sq, &sk, &sv, &ldo, &ldy, &sc, &window, &early };
+        Launch("flash_attention.cu", "flash_decode_out_" + FlashSuffix(dtype, d), ((uint)kh, (uint)segments, (uint)b), DecodeOutWarps * 32, args,
+            (uint)shared, dependent: true);
+        return true;
+    }
+
     /// <summary>
     /// Key splits of a decode launch over <paramref name="groups"/> CTAs per split: enough CTAs for two waves over the
     /// SMs, at least 64 keys each. With device-side lengths s is the cache's capacity; each CTA divides its sequence's

@@ -47,6 +47,18 @@ public sealed record CudaBackendOptions
     public bool FusedDecodeFeedForward { get; init; }
 
     /// <summary>
+    /// A decode step's attention and the output product behind it, with the residual add, as one launch
+    /// (flash_attention.cu's <c>flash_decode_out_*</c>) instead of two: a CTA per (kv head, segment of output rows) attends
+    /// its query heads over the whole cache and multiplies their outputs by the output weight's columns they meet, which it
+    /// copied into shared memory before waiting on the kernel in front; the last CTA of a segment adds the kv heads' partial
+    /// sums in a fixed order. For one query a sequence, heads of 64 or 128, at most 8 query heads a kv head, no soft cap, and a
+    /// cache promised shorter than the grouped decode's threshold (every segment's CTA reads the kv head's whole cache). The
+    /// second of the decode step's five all-to-all stages a layer that a fusion takes away (FusedDecodeFeedForward is the
+    /// other). Default false until measured on a GPU.
+    /// </summary>
+    public bool FusedDecodeAttentionOutput { get; init; }
+
+    /// <summary>
     /// Products of 5 to 64 rows of x times an nn.Linear weight (a decode step's batch) run on a kernel of ours instead of
     /// cuBLASLt: tensor cores, K in slices that form a thread-block cluster and sum each other's tiles, launched dependent on
     /// the predecessor with the first weight loads ahead of the wait (as the matrix-vector kernels at 1-4 rows);
@@ -609,6 +621,7 @@ public sealed record CudaBackendOptions
         if (MatrixVectorCtasPerSm != d.MatrixVectorCtasPerSm) parts.Add(Invariant($"{nameof(MatrixVectorCtasPerSm)}={MatrixVectorCtasPerSm}"));
         if (EarlyWeightLoads != d.EarlyWeightLoads) parts.Add($"{nameof(EarlyWeightLoads)}={Bool(EarlyWeightLoads)}");
         if (FusedDecodeFeedForward != d.FusedDecodeFeedForward) parts.Add($"{nameof(FusedDecodeFeedForward)}={Bool(FusedDecodeFeedForward)}");
+        if (FusedDecodeAttentionOutput != d.FusedDecodeAttentionOutput) parts.Add($"{nameof(FusedDecodeAttentionOutput)}={Bool(FusedDecodeAttentionOutput)}");
         if (DecodeProducts != d.DecodeProducts) parts.Add($"{nameof(DecodeProducts)}={Bool(DecodeProducts)}");
         if (HopperDecodeProducts != d.HopperDecodeProducts) parts.Add($"{nameof(HopperDecodeProducts)}={Bool(HopperDecodeProducts)}");
         if (HopperTrainingProducts != d.HopperTrainingProducts) parts.Add($"{nameof(HopperTrainingProducts)}={Bool(HopperTrainingProducts)}");
@@ -680,6 +693,7 @@ public sealed record CudaBackendOptions
         [nameof(MatrixVectorCtasPerSm)] = (o, v, s) => o with { MatrixVectorCtasPerSm = ParseInt(v, s) },
         [nameof(EarlyWeightLoads)] = (o, v, s) => o with { EarlyWeightLoads = ParseBool(v, s) },
         [nameof(FusedDecodeFeedForward)] = (o, v, s) => o with { FusedDecodeFeedForward = ParseBool(v, s) },
+        [nameof(FusedDecodeAttentionOutput)] = (o, v, s) => o with { FusedDecodeAttentionOutput = ParseBool(v, s) },
         [nameof(DecodeProducts)] = (o, v, s) => o with { DecodeProducts = ParseBool(v, s) },
         [nameof(HopperDecodeProducts)] = (o, v, s) => o with { HopperDecodeProducts = ParseBool(v, s) },
         [nameof(HopperTrainingProducts)] = (o, v, s) => o with { HopperTrainingProducts = ParseBool(v, s) },

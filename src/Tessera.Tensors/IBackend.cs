@@ -371,6 +371,17 @@ public interface IBackend
         int window = 0, double softCap = 0);
 
     /// <summary>
+    /// The attention of a decode step and the output product behind it, added to the residual stream as one op, where the
+    /// backend fuses it: target (B, C) += o outputWeight^T + outputBias, o (B, H·D) = <see cref="AttentionForwardCached"/> of
+    /// q (B, 1, H, D) over keyCache and valueCache (B, S, K, D) at startPositions (B), rounded to q's dtype as that op stores
+    /// it; outputWeight (C, H·D). No soft cap. Returns false, having done nothing, where the backend does not fuse the call;
+    /// the caller then runs <see cref="AttentionForwardCached"/> and the product. The CPU backend never fuses it; the CUDA
+    /// backend does under its FusedDecodeAttentionOutput option.
+    /// </summary>
+    bool TryAttentionOutputAccumulate(Tensor q, Tensor keyCache, Tensor valueCache, Tensor startPositions, Tensor outputWeight,
+        Tensor? outputBias, Tensor target, double scale, int window = 0);
+
+    /// <summary>
     /// destination[b, startPositions[b] + t, r, :] = source[b, t, r, :] for source (B,T,R,D) and destination (B,S,R,D) of one
     /// dtype, both with a contiguous last dimension: appends new keys and values to a KV cache at each sequence's length.
     /// startPositions (B) I32 on this backend; startPositions[b] + T must not exceed S (unchecked on devices).

@@ -707,6 +707,201 @@ __device__ void flash_decode_gqa(const T* q, const T* k, const T* v, float* part
     if (tid == 0) counters[b * KH + kvh] = 0;
 }
 
+// ------------------------------------------------------------------------------------ decode with the output product
+// One query row a sequence (Tq = 1): its attention and the output product behind it in one launch, added to the residual
+// stream, y[b] += Wo (attention(q[b]) rounded to T) + bias, as AttentionForwardCached then the output projection's
+// product with beta = 1 give it. CTA (kv head g, segment s, b) of FDO_WARPS warps serves the R = H / KH query heads of kv
+// head g over the whole cache, keys lo .. len - 1 (no split of the keys: every segment's CTA reads the kv head's rows, from
+// L2 after the first, so this is for caches of a few thousand positions at most), then multiplies the R D outputs by the
+// columns of Wo they meet (g R D .. g R D + R D - 1) for the segment's rows s rows .. s rows + rows - 1. Those weights are
+// copied into shared memory (cp.async) before the wait on the kernel in front when `early` is set, so their bytes overlap
+// that kernel's tail and the attention. Attention: warp w takes the chunks of 32 keys w, w + FDO_WARPS, ...; lane j
+// scores key 32 c + j of chunk c against the R heads (q staged as fp32 in the log2 domain), the warp keeps one online
+// softmax per head, the chunk's probabilities pass through the warp's row of shared memory, and each lane accumulates the
+// D / 32 output columns it owns. The warps' states merge in shared memory, the outputs rounded to T. Product: a warp a row
+// of the segment, the lanes over its 16-byte chunks, into part (B, KH, C) as fp32. The last CTA of (s, b) to finish
+// (counters[b gridDim.y + s], left zero for the next launch or graph replay) adds the KH partials in kv-head order (so a
+// replay gives the same bits), the bias and y, rounding once. Dynamic shared memory: rows R D values of T, then
+// (R D + FDO_WARPS R 32 + FDO_WARPS R (D + 2) + R D) floats. R at most FDO_MAX_R; R D a multiple of 8; Wo's rows
+// 16-byte aligned (ldo a multiple of 8).
+#define FDO_WARPS 8
+#define FDO_MAX_R 8
+
+// n (2 or 4) consecutive 16-bit values as fp32, one 4- or 8-byte load (p aligned to it).
+template <typename T, int N>
+__device__ __forceinline__ void load_pair_or_quad(const T* p, float* out)
+{
+    static_assert(N == 2 || N == 4, "2 or 4 values");
+    struct alignas(4 * (N / 2)) Words { unsigned w[N / 2]; };
+    const Words u = *reinterpret_cast<const Words*>(p);
+    const T* e = reinterpret_cast<const T*>(&u);
+#pragma unroll
+    for (int i = 0; i < N; i++) out[i] = to_f(e[i]);
+}
+
+template <typename T, int D>
+__device__ void flash_decode_out(const T* q, const T* k, const T* v, const int* starts, int S, const T* wo, const T* bias, T* y,
+    float* part, int* counters, int H, int KH, int C, int rows, Strides3 qs, Strides3 ks, Strides3 vs, i64 ldo, i64 ldy,
+    float scale, int window, int early)
+{
+    constexpr int V = 8, DPL = D / 32;   // T values in 16 bytes; output columns a lane owns
+    extern __shared__ unsigned char smem[];
+    const int R = H / KH, g = blockIdx.x, seg = blockIdx.y, b = blockIdx.z;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int n0 = seg * rows, nrows = min(rows, C - n0), width = R * D, chunks = width / V;
+    T* ws = reinterpret_cast<T*>(smem);                                             // (rows, R D)
+    float* qsm = reinterpret_cast<float*>(smem + (i64)rows * width * sizeof(T));   // (R, D), scaled to the log2 domain
+    float* psm = qsm + width;                                                       // (FDO_WARPS, R, 32)
+    float* red = psm + FDO_WARPS * R * 32;                                          // (FDO_WARPS, R, D + 2)
+    float* osm = red + FDO_WARPS * R * (D + 2);                                     // (R, D)
+    auto stage_weights = [&] {
+        const T* src = wo + (i64)n0 * ldo + (i64)g * width;
+        for (int i = tid; i < nrows * chunks; i += blockDim.x)
+        {
+            const int r = i / chunks, c = i % chunks;
+            cp_async16(smem_u32(ws + (i64)r * width + c * V), src + (i64)r * ldo + c * V, true);
+        }
+        cp_async_commit();
+    };
+    if (early) stage_weights();
+    pdl_wait();
+    pdl_launch_dependents();
+    if (!early) stage_weights();
+
+    // The cache's valid length is read here, so one launch (and a captured graph) serves every length.
+    const int len = starts ? starts[b] + 1 : S, lo = max(0, len - window);
+    const float sl2 = scale * LOG2E;
+    for (int i = tid; i < width; i += blockDim.x)
+        qsm[i] = to_f(q[b * qs.b + (i64)(g * R + i / D) * qs.h + i % D]) * sl2;
+    __syncthreads();
+
+    const T* kb = k + b * ks.b + (i64)g * ks.h;
+    const T* vb = v + b * vs.b + (i64)g * vs.h + lane * DPL;
+    float* pw = psm + warp * R * 32;
+    float m[FDO_MAX_R], l[FDO_MAX_R], acc[FDO_MAX_R][DPL];
+#pragma unroll
+    for (int r = 0; r < FDO_MAX_R; r++)
+    {
+        m[r] = NEG_INF; l[r] = 0.f;
+#pragma unroll
+        for (int i = 0; i < DPL; i++) acc[r][i] = 0.f;
+    }
+    for (int c0 = lo + warp * 32; c0 < len; c0 += FDO_WARPS * 32)   // uniform over the warp
+    {
+        const int s = c0 + lane;
+        const bool ok = s < len;
+        float sc[FDO_MAX_R];
+#pragma unroll
+        for (int r = 0; r < FDO_MAX_R; r++) sc[r] = 0.f;
+        if (ok)
+        {
+            const T* kr = kb + (i64)s * ks.t;
+#pragma unroll
+            for (int j = 0; j < D; j += V)
+            {
+                float kv[V];
+                load16<T>(kr + j, kv);
+#pragma unroll
+                for (int r = 0; r < FDO_MAX_R; r++)
+                    if (r < R)
+#pragma unroll
+                        for (int e = 0; e < V; e++) sc[r] = fmaf(qsm[r * D + j + e], kv[e], sc[r]);
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < FDO_MAX_R; r++)
+        {
+            if (r >= R) break;
+            const float x = ok ? sc[r] : NEG_INF;
+            const float mn = fmaxf(m[r], warp_max(x));   // finite: lane 0's key is valid
+            const float corr = exp2f(m[r] - mn), p = ok ? exp2f(x - mn) : 0.f;
+            l[r] = l[r] * corr + p;
+            pw[r * 32 + lane] = p;
+#pragma unroll
+            for (int i = 0; i < DPL; i++) acc[r][i] *= corr;
+            m[r] = mn;
+        }
+        __syncwarp();
+        const int n = min(32, len - c0);
+#pragma unroll 4
+        for (int j = 0; j < n; j++)
+        {
+            float vv[DPL];
+            load_pair_or_quad<T, DPL>(vb + (i64)(c0 + j) * vs.t, vv);
+#pragma unroll
+            for (int r = 0; r < FDO_MAX_R; r++)
+                if (r < R)
+                {
+                    const float p = pw[r * 32 + j];
+#pragma unroll
+                    for (int i = 0; i < DPL; i++) acc[r][i] = fmaf(p, vv[i], acc[r][i]);
+                }
+        }
+        __syncwarp();
+    }
+#pragma unroll
+    for (int r = 0; r < FDO_MAX_R; r++)
+    {
+        if (r >= R) break;
+        const float lw = warp_sum(l[r]);
+        float* rr = red + (warp * R + r) * (D + 2);
+#pragma unroll
+        for (int i = 0; i < DPL; i++) rr[lane * DPL + i] = acc[r][i];
+        if (lane == 0) { rr[D] = m[r]; rr[D + 1] = lw; }
+    }
+    __syncthreads();
+    for (int i = tid; i < width; i += blockDim.x)
+    {
+        const int r = i / D, d = i % D;
+        float M = NEG_INF;
+        for (int w = 0; w < FDO_WARPS; w++) M = fmaxf(M, red[(w * R + r) * (D + 2) + D]);
+        float L = 0.f, o = 0.f;
+        for (int w = 0; w < FDO_WARPS; w++)
+        {
+            const float* rr = red + (w * R + r) * (D + 2);
+            const float e = rr[D] == NEG_INF ? 0.f : exp2f(rr[D] - M);   // a warp without keys adds nothing
+            L += rr[D + 1] * e;
+            o += rr[d] * e;
+        }
+        osm[i] = to_f(from_f<T>(o / L));   // the attention output as AttentionForwardCached stores it
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+
+    for (int r = warp; r < nrows; r += FDO_WARPS)
+    {
+        float sum = 0.f;
+        for (int c = lane; c < chunks; c += 32)
+        {
+            float w[V];
+            unpack16<T>(*reinterpret_cast<const Bytes16*>(ws + (i64)r * width + c * V), w);
+#pragma unroll
+            for (int e = 0; e < V; e++) sum = fmaf(w[e], osm[c * V + e], sum);
+        }
+        sum = warp_sum(sum);
+        if (lane == 0) part[((i64)b * KH + g) * C + n0 + r] = sum;
+    }
+
+    __shared__ int last;
+    fence_gpu();   // this CTA's partials are visible before it is counted
+    __syncthreads();
+    int* counter = counters + b * gridDim.y + seg;
+    if (tid == 0) last = atomicAdd(counter, 1) == KH - 1;
+    __syncthreads();
+    if (!last) return;
+    fence_gpu();
+    for (int r = tid; r < nrows; r += blockDim.x)
+    {
+        const int n = n0 + r;
+        float sum = 0.f;
+        for (int j = 0; j < KH; j++) sum += load_cg(part + ((i64)b * KH + j) * C + n);
+        if (bias) sum += to_f(bias[n]);
+        T* yn = y + b * ldy + n;
+        *yn = from_f<T>(to_f(*yn) + sum);
+    }
+    if (tid == 0) *counter = 0;
+}
+
 // ------------------------------------------------------------------------------------ backward
 // One thread's 8 columns (sub) of the (b, t, h) row `row` of the first pass: its share of dO·O (returned), the dq
 // accumulator's 8 zeroed, and with cs, dO's 8 values added to cs.
@@ -1139,6 +1334,21 @@ FLASH_DECODE(bf16, bf16, 256)
 FLASH_DECODE(f16, f16, 64)
 FLASH_DECODE(f16, f16, 128)
 FLASH_DECODE(f16, f16, 256)
+
+// The decode attention with the output product behind it (flash_decode_out above), FDO_WARPS warps a CTA.
+#define FLASH_DECODE_OUT(n, T, D)                                                                               \
+    extern "C" __global__ void __launch_bounds__(FDO_WARPS * 32) flash_decode_out_##n##_d##D(const T* q,       \
+        const T* k, const T* v, const int* starts, int S, const T* wo, const T* bias, T* y, float* part,        \
+        int* counters, int H, int KH, int C, int rows, Strides3 qs, Strides3 ks, Strides3 vs, i64 ldo, i64 ldy, \
+        float scale, int window, int early)                                                                     \
+    {                                                                                                           \
+        flash_decode_out<T, D>(q, k, v, starts, S, wo, bias, y, part, counters, H, KH, C, rows, qs, ks, vs, ldo, \
+                               ldy, scale, window, early);                                                      \
+    }
+FLASH_DECODE_OUT(bf16, bf16, 64)
+FLASH_DECODE_OUT(bf16, bf16, 128)
+FLASH_DECODE_OUT(f16, f16, 64)
+FLASH_DECODE_OUT(f16, f16, 128)
 
 #define PAGED_PREFILL_Q(code, P) PAGED_PREFILL_Q_ONE(code, P, bf16, bf16, 64) PAGED_PREFILL_Q_ONE(code, P, bf16, bf16, 128) \
     PAGED_PREFILL_Q_ONE(code, P, f16, f16, 64) PAGED_PREFILL_Q_ONE(code, P, f16, f16, 128)

@@ -246,6 +246,12 @@ public sealed class CausalSelfAttention
             if (Rope is { } rope) backend.RopeAndAppend(qkv, Heads, cache.KeysAndValues(layer), positions, rope);
             else backend.CopyAtPositions(qkv.Slice(2, Heads, 2 * KvHeads), cache.KeysAndValues(layer), positions);
         }
+        // One new row a sequence, added to the residual stream on one rank: the backend may run the attention, the output
+        // product and the add as one op (CUDA: one launch, under its FusedDecodeAttentionOutput option).
+        if (accumulate && t == 1 && SoftCap == 0 && Projection.AccumulatesPlainProduct
+            && backend.TryAttentionOutputAccumulate(qkv.Slice(2, 0, Heads), cache.Keys(layer), cache.Values(layer), positions,
+                Projection.Weight.Value, Projection.Bias?.Value, residual, Scale, SlidingWindow))
+            return;
         var att = ctx.Buffer(_attention, new Shape(b, t, Heads, HeadSize), x.DType);                  // (B, T, H, D)
         backend.AttentionForwardCached(qkv.Slice(2, 0, Heads), cache.Keys(layer), cache.Values(layer), positions, att, Scale, SlidingWindow, SoftCap);
         if (accumulate) Projection.ForwardAccumulate(ctx, att.Reshape(n, Heads * HeadSize), residual);

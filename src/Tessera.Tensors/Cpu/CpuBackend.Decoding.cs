@@ -352,6 +352,12 @@ public sealed unsafe partial class CpuBackend
         GateUpSwiGluComposition.Apply(this, x, gateUpWeight, gateUp, activated);
 
     /// <inheritdoc/>
+    /// <remarks>Never fused here: the caller's composition (<see cref="AttentionForwardCached"/>, then the output product) is
+    /// the reference.</remarks>
+    public bool TryAttentionOutputAccumulate(Tensor q, Tensor keyCache, Tensor valueCache, Tensor startPositions, Tensor outputWeight,
+        Tensor? outputBias, Tensor target, double scale, int window = 0) => false;
+
+    /// <inheritdoc/>
     /// <remarks>Never fused here: the caller's composition (<see cref="MatMulSwiGlu"/>, then the down product) is the reference.</remarks>
     public bool TryFeedForwardAccumulate(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor downWeight, Tensor target, Tensor? gateBias = null,
         Tensor? upBias = null, RmsNormPrologue? norm = null, bool geluGate = false) => false;

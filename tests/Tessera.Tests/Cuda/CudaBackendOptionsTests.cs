@@ -18,6 +18,7 @@ public sealed class CudaBackendOptionsTests
         MatrixVectorCtasPerSm = 1,
         EarlyWeightLoads = false,
         FusedDecodeFeedForward = true,
+        FusedDecodeAttentionOutput = true,
         HopperDecodeProducts = false,
         DecodeProductTensorMaps = true,
         HopperTrainingProducts = false,

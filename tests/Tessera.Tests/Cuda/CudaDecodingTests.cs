@@ -532,6 +532,114 @@ public sealed class CudaDecodingTests(CudaFixture fixture) : CudaTestBase(fixtur
     }
 
     /// <summary>
+    /// A decode step's attention with the output product and the residual add in one launch (<c>FusedDecodeAttentionOutput</c>,
+    /// flash_decode_out_*) against the two ops it replaces on the fixture's backend (AttentionForwardCached, then the product
+    /// adding into the target with the bias): llama-1b's layer (32 / 8 heads of 64, 2,048 rows) over a cache whose capacity
+    /// (2,048) passes the grouped decode's threshold, so the fused op declines until an inference scope promises 1,535
+    /// positions; llama-8b's (heads of 128, 4,096 rows: segments shrunk to fit shared memory) for two sequences of different
+    /// lengths with a bias; F16 with 3 query heads a kv head and a window of 128. The residual is a quarter the product's size
+    /// so the product dominates the comparison. Tolerance: relative error 1e-2 (both paths round the attention output and the
+    /// sum once; the sums differ in order only). A second call and a recorded graph's replay give the first call's bits (the
+    /// kv heads' partial sums are added in a fixed order, and every launch leaves its counters zero).
+    /// </summary>
+    [Theory]
+    [InlineData(DType.BF16, 32, 8, 64, 2048, 2048, 0, false, new[] { 699 })]
+    [InlineData(DType.BF16, 32, 8, 128, 4096, 1535, 0, true, new[] { 300, 1534 })]
+    [InlineData(DType.F16, 12, 4, 64, 768, 1024, 128, true, new[] { 900 })]
+    public void FusedDecodeAttentionOutputMatchesTheTwoOps(DType dtype, int h, int kh, int d, int c, int capacity, int window, bool bias, int[] starts)
+    {
+        using var fused = new Tessera.Cuda.CudaBackend(Gpu.CudaDevice.Ordinal, Gpu.Options with { FusedDecodeAttentionOutput = true });
+        int b = starts.Length;
+        double scale = 1 / Math.Sqrt(d);
+        double[] Values(long n, double range) => Enumerable.Range(0, checked((int)n)).Select(_ => range * (2 * Rng.NextDouble() - 1)).ToArray();
+        double[] qv = Values((long)b * h * d, 1.5), kvv = Values((long)b * capacity * 2 * kh * d, 1.5), wv = Values((long)c * h * d, 0.05),
+            bv = Values(c, 0.1), yv = Values((long)b * c, 0.25);
+
+        // The two ops on the fixture's backend.
+        var q = Upload(Gpu, qv, dtype, b, 1, h, d);
+        var kv = Upload(Gpu, kvv, dtype, b, capacity, 2 * kh, d);
+        var (w, bt, y) = (Upload(Gpu, wv, dtype, c, h * d), bias ? Upload(Gpu, bv, dtype, c) : null, Upload(Gpu, yv, dtype, b, c));
+        var positions = Positions(starts);
+        Assert.False(Gpu.TryAttentionOutputAccumulate(q, kv.Slice(2, 0, kh), kv.Slice(2, kh, kh), positions, w, bt, y, scale, window),
+            "the default options keep two ops");
+        var att = Gpu.Allocate(new Shape(b, 1, h, d), dtype);
+        Gpu.AttentionForwardCached(q, kv.Slice(2, 0, kh), kv.Slice(2, kh, kh), positions, att, scale, window);
+        Gpu.MatMul(att.Reshape(b, h * d), w, y, transposeB: true, beta: 1.0, bias: bt);
+        var expected = Download(Gpu, y);
+
+        var (fq, fkv, fw) = (Upload(fused, qv, dtype, b, 1, h, d), Upload(fused, kvv, dtype, b, capacity, 2 * kh, d), Upload(fused, wv, dtype, c, h * d));
+        var fb = bias ? Upload(fused, bv, dtype, c) : null;
+        var fpositions = fused.Allocate(new Shape(b), DType.I32);
+        fused.CopyFromHost<int>(starts, fpositions);
+        bool Run(Tensor target) => fused.TryAttentionOutputAccumulate(fq, fkv.Slice(2, 0, kh), fkv.Slice(2, kh, kh), fpositions, fw, fb, target, scale, window);
+        if (capacity >= 1536)
+            Assert.False(Run(Upload(fused, yv, dtype, b, c)), "a cache of 2,048 positions, none promised, is too long for the fused op");
+        using var scope = fused.EnterInference(capacity >= 1536 ? 1535 : int.MaxValue);
+        var y1 = Upload(fused, yv, dtype, b, c);
+        Assert.True(Run(y1), "the fused backend should take a decode step's attention and output product");
+        var first = Download(fused, y1);
+        AssertClose(expected, first, 1e-2, $"fused attention and output product {dtype} H={h} K={kh} D={d} C={c}");
+        var y2 = Upload(fused, yv, dtype, b, c);
+        Assert.True(Run(y2));
+        Assert.Equal(first, Download(fused, y2));
+        var y3 = Upload(fused, yv, dtype, b, c);
+        using (var graph = fused.Capture(() => Run(y3)))
+        {
+            Assert.NotNull(graph);
+            graph!.Replay();
+        }
+        Assert.Equal(first, Download(fused, y3));
+    }
+
+    /// <summary>
+    /// Greedy generation of a BF16 Llama (2 layers, 4 / 2 heads of 64) with the attention and its output product in one launch:
+    /// the recorded decode steps give the eager run's tokens, 40 from a 30-token prompt (seed 51); on a profiled backend the
+    /// eager run gives them again and its kernels show flash_decode_out_bf16_d64 and no per-query-head decode attention; the
+    /// first 10 tokens equal the two-op model's (the paths differ in the order of a row's sums only, about one bf16 rounding
+    /// of a logit, less than this seed's top-two margins; the kernels are deterministic, so a run that passes keeps passing).
+    /// With the one-launch MLP on as well, every decode step's layer is three launches, and the tokens are the same again.
+    /// </summary>
+    [Fact]
+    public void RecordedDecodeWithTheFusedAttentionOutputGivesTheEagerTokens()
+    {
+        var options = Gpu.Options with { FusedDecodeAttentionOutput = true };
+        var config = ModelPresets.Get("llama-debug") with { Layers = 2, Embedding = 256, Heads = 4, KvHeads = 2, Hidden = 1024, MaxSequenceLength = 128 };
+        var cpu = new Transformer(config, _cpu, DType.F32);
+        Tessera.Tests.Nn.LayerCheck.Randomize(_cpu, cpu.Parameters, new Random(51));
+        var random = new Random(51);
+        int[] prompt = Enumerable.Range(0, 30).Select(_ => random.Next(config.VocabSize)).ToArray();
+        TextGenerator Generator(Tessera.Cuda.CudaBackend backend)
+        {
+            var model = new Transformer(config, backend, DType.BF16);
+            backend.CopyFromHost<float>(_cpu.ToArray<float>(cpu.Parameters.Values), model.Parameters.Masters!);
+            model.Parameters.SyncValuesFromMasters();
+            return new TextGenerator(model);
+        }
+        List<int> recorded, eager;
+        using (var backend = new Tessera.Cuda.CudaBackend(Gpu.CudaDevice.Ordinal, options))
+        {
+            var generator = Generator(backend);
+            recorded = generator.Generate(prompt, new GenerationOptions { MaxNewTokens = 40 }).ToList();
+            Assert.True(generator.LastRunRecorded, "the decode step should replay a CUDA graph");
+            eager = generator.Generate(prompt, new GenerationOptions { MaxNewTokens = 40, CaptureGraph = false }).ToList();
+        }
+        Assert.Equal(40, recorded.Count);
+        Assert.Equal(eager, recorded);
+        using var profiled = new Tessera.Cuda.CudaBackend(Gpu.CudaDevice.Ordinal, options with { ProfileOps = true });
+        Assert.Equal(eager, Generator(profiled).Generate(prompt, new GenerationOptions { MaxNewTokens = 40, CaptureGraph = false }).ToList());
+        var kernels = profiled.Profiler!.Totals().Select(r => r.Name).ToList();
+        Assert.Contains("flash_decode_out_bf16_d64", kernels);
+        Assert.DoesNotContain("flash_decode_bf16_d64", kernels);
+        using var twoOps = new Tessera.Cuda.CudaBackend(Gpu.CudaDevice.Ordinal, Gpu.Options);
+        var unfused = Generator(twoOps).Generate(prompt, new GenerationOptions { MaxNewTokens = 10, CaptureGraph = false }).ToList();
+        Assert.Equal(unfused, eager.Take(10).ToList());
+        using var both = new Tessera.Cuda.CudaBackend(Gpu.CudaDevice.Ordinal, options with { FusedDecodeFeedForward = true });
+        var generatorBoth = Generator(both);
+        Assert.Equal(eager.Take(10).ToList(), generatorBoth.Generate(prompt, new GenerationOptions { MaxNewTokens = 10 }).ToList());
+        Assert.True(generatorBoth.LastRunRecorded);
+    }
+
+    /// <summary>
     /// Greedy generation of a BF16 Llama (2 layers, MLP 1,024 wide) with the one-launch MLP: the recorded decode steps give the
     /// eager run's tokens (the same kernels on the same inputs; the fixed-point sums are order-free), 40 tokens from a
     /// 30-token prompt (seed 50); on a profiled backend the eager run gives them again, and its kernels show the decode
@@ -544,7 +652,7 @@ public sealed class CudaDecodingTests(CudaFixture fixture) : CudaTestBase(fixtur
     public void RecordedDecodeWithTheFusedFeedForwardGivesTheEagerTokens()
     {
         var options = Gpu.Options with { FusedDecodeFeedForward = true };
-        var config = ModelPresets.Get("llama-debug") with { Layers = 2, Embedding = 256, Heads = 4, KvHeads = 2, Hidden = 1024 };
+        var config = ModelPresets.Get("llama-debug") with { Layers = 2, Embedding = 256, Heads = 4, KvHeads = 2, Hidden = 1024, MaxSequenceLength = 128 };
         var cpu = new Transformer(config, _cpu, DType.F32);
         Tessera.Tests.Nn.LayerCheck.Randomize(_cpu, cpu.Parameters, new Random(50));
         var random = new Random(50);

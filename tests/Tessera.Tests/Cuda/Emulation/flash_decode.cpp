@@ -8,12 +8,13 @@
 #include "kernels.h"
 #include "attention_reference.h"
 #include <cmath>
+#include <cstring>
 #include <cstdio>
 #include <random>
 #include <string>
 #include <vector>
 
-unsigned char smem[1 << 16];        // the file's other kernels' dynamic shared memory (unused here)
+unsigned char smem[1 << 18];        // the kernels' dynamic shared memory (flash_decode_out's weights; the others use none here)
 float pre_sums[1 << 14];            // flash_backward_pre_sums's (unused here)
 // B sequences of T new queries over a cache of S positions (H query heads, K kv heads, contiguous (B, T, H, D) and
 // (B, S, K, D)); sequence b's queries sit at starts[b] .. starts[b] + T - 1.
@@ -65,6 +66,75 @@ static void run(int D, int T, int window, float cap, int splits, bool counters)
     if (!zero) { printf("%s: counters not reset FAIL\n", name); failures++; }
 }
 
+// The decode attention with the output product behind it (flash_decode_out, bf16): y (B, ldy) += Wo (C, H D) o + bias for
+// one query a sequence at device-side positions, against a double reference: the attention of reference_attention rounded
+// to bf16 (as AttentionForwardCached stores it), then the product and the add in double. The CTA grid is (K, segments of
+// `rows` output rows, B); Wo's and y's rows are padded past their ends (the padding must stay as it was). The kernel's
+// weights copied before or after the wait must give the same bits, and the counters must be left zero.
+static void run_out(int B, int H, int K, int D, int C, int rows, int window, bool bias, const std::vector<int>& starts)
+{
+    const int S = 700, ldo = H * D + 8, ldy = C + 4;
+    emu_shared_base = smem;   // cp.async's shared-space addresses are offsets into the kernel's dynamic shared memory
+    std::mt19937 rng(17 + B + H * 3 + K + D + C + rows + window + bias);
+    std::uniform_real_distribution<float> u(-2, 2);
+    std::vector<bf16> q((size_t)B * H * D), k((size_t)B * S * K * D), v(k.size()), wo((size_t)C * ldo), bv(C), y0((size_t)B * ldy);
+    for (auto& x : q) x = from_f<bf16>(u(rng));
+    for (auto& x : k) x = from_f<bf16>(u(rng));
+    for (auto& x : v) x = from_f<bf16>(u(rng) / 2);
+    for (auto& x : wo) x = from_f<bf16>(u(rng) / 8);
+    for (auto& x : bv) x = from_f<bf16>(u(rng));
+    for (auto& x : y0) x = from_f<bf16>(u(rng));
+    const float scale = 1.f / std::sqrt((float)D);
+    std::vector<double> eo, elog;
+    reference_attention(B, 1, S, H, K, D, starts, window, scale, 0.0, q, k, v, eo, elog);
+    std::vector<double> ey((size_t)B * C);
+    for (int b = 0; b < B; b++)
+        for (int n = 0; n < C; n++)
+        {
+            double sum = to_f(y0[(size_t)b * ldy + n]) + (bias ? to_f(bv[n]) : 0.0);
+            for (int c = 0; c < H * D; c++) sum += (double)to_f(wo[(size_t)n * ldo + c]) * to_f(from_f<bf16>((float)eo[(size_t)b * H * D + c]));
+            ey[(size_t)b * C + n] = sum;
+        }
+    const int segments = (C + rows - 1) / rows;
+    std::vector<float> part((size_t)B * K * C, NAN);
+    std::vector<int> count((size_t)B * segments, 0), st(starts);
+    Strides3 qs{(i64)H * D, (i64)H * D, D}, ks{(i64)S * K * D, (i64)K * D, D};
+    const int kernel_window = window > 0 ? window : 1 << 30;
+    std::vector<bf16> results[2];
+    for (int early = 0; early < 2; early++)
+    {
+        std::vector<bf16> y(y0);
+        auto launch = [&](auto kernel) {
+            emu_launch(dim3{(unsigned)K, (unsigned)segments, (unsigned)B}, 256, [&] {
+                kernel(q.data(), k.data(), v.data(), st.data(), S, wo.data(), bias ? bv.data() : nullptr, y.data(), part.data(), count.data(),
+                       H, K, C, rows, qs, ks, ks, (i64)ldo, (i64)ldy, scale, kernel_window, early);
+            });
+        };
+        if (D == 64) launch(flash_decode_out_bf16_d64); else launch(flash_decode_out_bf16_d128);
+        results[early] = y;
+    }
+    std::vector<float> got((size_t)B * C);
+    bool pads = true;
+    for (int b = 0; b < B; b++)
+    {
+        for (int n = 0; n < C; n++) got[(size_t)b * C + n] = to_f(results[1][(size_t)b * ldy + n]);
+        for (int n = C; n < ldy; n++) pads &= to_f(results[1][(size_t)b * ldy + n]) == to_f(y0[(size_t)b * ldy + n]);
+    }
+    char name[160];
+    snprintf(name, sizeof name, "flash_decode_out B=%d H=%d K=%d D=%d C=%d rows=%d window=%d bias=%d", B, H, K, D, C, rows, window, bias);
+    // bf16 output: a rounding is up to 2^-8 of a value's binade (3.9e-3 of the largest); 8e-3 leaves margin for the f32
+    // sums and for attention outputs rounded to bf16 the other way where the f32 and double values straddle a midpoint. A
+    // wrong key, head, weight column, row or segment is O(1e-1) or more.
+    check(name, ey, got, 8e-3);
+    bool same = true;
+    for (size_t i = 0; i < results[0].size(); i++) same &= std::memcmp(&results[0][i], &results[1][i], sizeof(bf16)) == 0;
+    printf("%-72s %s\n", (std::string(name) + ": early = late, pads, counters").c_str(), same && pads ? "ok" : "FAIL");
+    bool zero = true;
+    for (int c : count) zero &= c == 0;
+    if (!same || !pads || !zero) failures++;
+    if (!zero) printf("%s: counters not reset FAIL\n", name);
+}
+
 int main()
 {
     run(256, 1, 0, 1.f, 4, true);     // Gemma 2 2B decoding: capped, heads of 256, four splits merged by the last CTA
@@ -72,6 +142,10 @@ int main()
     run(256, 3, 40, 1.f, 3, false);   // three queries a sequence, a window of 40, the combine kernel
     run(64, 1, 0, 1.f, 5, true);      // the cap at head size 64 (Gemma 2 shapes narrower than the released ones)
     run(64, 2, 0, 0.f, 2, false);     // the kernel as before: no cap
+    run_out(2, 8, 2, 64, 100, 16, 0, true, {97, 299});   // llama's grouping (4 heads a kv head), 7 segments, the last of 4 rows
+    run_out(1, 4, 1, 128, 72, 32, 50, false, {200});     // heads of 128, one kv head, a window of 50
+    run_out(1, 6, 2, 64, 40, 40, 0, true, {40});         // 3 heads a kv head (24 chunks a row: idle lanes); 41 keys, 6 warps idle
+    run_out(1, 16, 2, 64, 64, 64, 0, false, {600});      // 8 heads a kv head (the most); each warp three chunks of keys
     printf("%s\n", failures ? "FAILURES" : "all ok");
     return failures;
 }
