@@ -41,61 +41,6 @@ public sealed unsafe partial class CudaBackend
         return true;
     }
 
-    /// <summary>Hidden units a CTA of <c>gemv_mlp_*_m1</c> owns (gemv.cu): a row of the down weight meets them in 64 bytes
-    /// (16-bit) or 128 (F32), 4 or 8 lanes.</summary>
-    private const int FusedMlpUnits = 32;
-
-    /// <summary>Rows a segment of <c>gemv_mlp_*_m1</c>'s output (MLP_SEGMENT in gemv.cu): one counter each.</summary>
-    private const int FusedMlpSegment = 128;
-
-    private ulong _fusedMlpScratch;
-    private long _fusedMlpScratchBytes;
-
-    /// <summary>
-    /// <c>gemv_mlp_*_m1</c>'s scratch for outputs of <paramref name="c"/> rows: the 64-bit fixed-point sums (c), the bad-row
-    /// flags (c) and the segment counters (<see cref="ZeroedOnce"/>: every launch leaves them zero, so one buffer serves every
-    /// layer and every replay). 0 while a recording would need a larger one (the caller then runs the two launches).
-    /// </summary>
-    private ulong FusedMlpScratch(int c) => ZeroedOnce(ref _fusedMlpScratch, ref _fusedMlpScratchBytes, FusedMlpScratchBytes(c));
-
-    private static long FusedMlpScratchBytes(int c) => (long)c * sizeof(ulong) + (long)c * sizeof(int) + (c + FusedMlpSegment - 1) / FusedMlpSegment * sizeof(int);
-
-    /// <inheritdoc/>
-    /// <remarks>Under <see cref="CudaBackendOptions.FusedDecodeFeedForward"/>, for one row of F32, BF16 or F16 with F a multiple
-    /// of 32: one launch of <c>gemv_mlp_*_m1</c> (gemv.cu), F / 32 CTAs, each its 32 hidden units' gate and up rows and the
-    /// down weight's 32 columns they meet, the CTAs' partial sums added in 64-bit fixed point. A row whose partial sum
-    /// fixed point cannot hold (not finite, or near 2^31 / CTAs) comes out NaN.</remarks>
-    public bool TryFeedForwardAccumulate(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor downWeight, Tensor target, Tensor? gateBias = null,
-        Tensor? upBias = null, RmsNormPrologue? norm = null, bool geluGate = false)
-    {
-        if (!Options.FusedDecodeFeedForward || x.Rank != 2 || x.Size(0) != 1 || gateWeight.Rank != 2 || upWeight.Shape != gateWeight.Shape
-            || !FloatGemvFits(x, norm, gateWeight, upWeight) || upWeight.Stride(0) != gateWeight.Stride(0)) return false;
-        int c = x.Size(1), f = gateWeight.Size(0);
-        var dtype = x.DType;
-        int vec = 16 / dtype.SizeInBytes();
-        if (f == 0 || f % FusedMlpUnits != 0 || !BiasFits(gateBias, dtype, f) || !BiasFits(upBias, dtype, f)) return false;
-        if (downWeight.Rank != 2 || downWeight.DType != dtype || downWeight.Size(0) != c || downWeight.Size(1) != f || downWeight.Stride(1) != 1
-            || downWeight.Stride(0) % vec != 0 || Ptr(downWeight) % 16 != 0) return false;
-        if (target.Rank != 2 || target.Size(0) != 1 || target.Size(1) != c || target.DType != dtype || target.Stride(1) != 1) return false;
-        ulong px = Ptr(x), py = Ptr(target);
-        long bytes = (long)c * dtype.SizeInBytes();
-        if (px != py && px < py + (ulong)bytes && py < px + (ulong)bytes) return false;   // in place, or apart: not overlapping
-        uint shared = (uint)(bytes + FusedMlpUnits * sizeof(float));
-        if (shared > CudaDevice.MaxSharedMemoryPerBlockOptIn) return false;
-        ulong scratch = FusedMlpScratch(c);
-        if (scratch == 0) return false;
-        ulong acc = scratch, bad = scratch + (ulong)c * sizeof(ulong), counters = bad + (ulong)c * sizeof(int);
-        ulong pn = norm is { } n ? Ptr(n.Weight) : 0, pg = Ptr(gateWeight), pu = Ptr(upWeight), pbg = PtrOrNull(gateBias), pbu = PtrOrNull(upBias),
-            pd = Ptr(downWeight);
-        float eps = norm is { } n2 ? (float)n2.Epsilon : 0f;
-        int unit = norm is { UnitOffset: true } ? 1 : 0, gelu = geluGate ? 1 : 0, units = FusedMlpUnits;
-        long ldw = gateWeight.Stride(0), ldd = downWeight.Stride(0);
-        int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
-        void** args = stackalloc void*[] { &px, &py, &pn, &eps, &unit, &pg, &pu, &pbg, &pbu, &pd, &acc, &bad, &counters, &c, &units, &ldw, &ldd, &gelu, &early };
-        Launch("gemv.cu", $"gemv_mlp_{Suffix(dtype, nameof(TryFeedForwardAccumulate))}_m1", ((uint)(f / FusedMlpUnits), 1, 1), 256, args, shared, dependent: true);
-        return true;
-    }
-
     /// <summary>x (M, K) staged in shared memory, once per CTA.</summary>
     private static uint GemvShared(int m, int k, DType dtype) => (uint)((long)m * k * dtype.SizeInBytes());
 

@@ -38,23 +38,14 @@ public sealed record CudaBackendOptions
     public bool EarlyWeightLoads { get; init; } = true;
 
     /// <summary>
-    /// A one-row decode step's MLP (RMSNorm, gate and up, SwiGLU or GeGLU, the down product and the residual add) as one
-    /// launch (gemv.cu's <c>gemv_mlp_*_m1</c>) instead of two: each CTA owns 32 hidden units, so the down product needs no
-    /// grid-wide step after the gate/up product, and the CTAs' partial sums meet in 64-bit fixed point (exact integer adds,
-    /// so the same bits whatever order they arrive in). Session 39 found the step's distance to the copy bandwidth in its chain
-    /// of five all-to-all stages a layer; this takes one away. Default false until measured on a GPU.
-    /// </summary>
-    public bool FusedDecodeFeedForward { get; init; }
-
-    /// <summary>
     /// A decode step's attention and the output product behind it, with the residual add, as one launch
     /// (flash_attention.cu's <c>flash_decode_out_*</c>) instead of two: a CTA per (kv head, segment of output rows) attends
     /// its query heads over the whole cache and multiplies their outputs by the output weight's columns they meet, which it
     /// copied into shared memory before waiting on the kernel in front; the last CTA of a segment adds the kv heads' partial
     /// sums in a fixed order. For one query a sequence, heads of 64 or 128, at most 8 query heads a kv head, no soft cap, and a
     /// cache promised shorter than the grouped decode's threshold (every segment's CTA reads the kv head's whole cache). The
-    /// second of the decode step's five all-to-all stages a layer that a fusion takes away (FusedDecodeFeedForward is the
-    /// other). Default false until measured on a GPU.
+    /// one of the decode step's five all-to-all stages a layer that a fusion takes away. Default false until measured on a
+    /// GPU.
     /// </summary>
     public bool FusedDecodeAttentionOutput { get; init; }
 
@@ -620,7 +611,6 @@ public sealed record CudaBackendOptions
         if (MatrixVectorKernels != d.MatrixVectorKernels) parts.Add($"{nameof(MatrixVectorKernels)}={Bool(MatrixVectorKernels)}");
         if (MatrixVectorCtasPerSm != d.MatrixVectorCtasPerSm) parts.Add(Invariant($"{nameof(MatrixVectorCtasPerSm)}={MatrixVectorCtasPerSm}"));
         if (EarlyWeightLoads != d.EarlyWeightLoads) parts.Add($"{nameof(EarlyWeightLoads)}={Bool(EarlyWeightLoads)}");
-        if (FusedDecodeFeedForward != d.FusedDecodeFeedForward) parts.Add($"{nameof(FusedDecodeFeedForward)}={Bool(FusedDecodeFeedForward)}");
         if (FusedDecodeAttentionOutput != d.FusedDecodeAttentionOutput) parts.Add($"{nameof(FusedDecodeAttentionOutput)}={Bool(FusedDecodeAttentionOutput)}");
         if (DecodeProducts != d.DecodeProducts) parts.Add($"{nameof(DecodeProducts)}={Bool(DecodeProducts)}");
         if (HopperDecodeProducts != d.HopperDecodeProducts) parts.Add($"{nameof(HopperDecodeProducts)}={Bool(HopperDecodeProducts)}");
@@ -692,7 +682,6 @@ public sealed record CudaBackendOptions
         [nameof(MatrixVectorKernels)] = (o, v, s) => o with { MatrixVectorKernels = ParseBool(v, s) },
         [nameof(MatrixVectorCtasPerSm)] = (o, v, s) => o with { MatrixVectorCtasPerSm = ParseInt(v, s) },
         [nameof(EarlyWeightLoads)] = (o, v, s) => o with { EarlyWeightLoads = ParseBool(v, s) },
-        [nameof(FusedDecodeFeedForward)] = (o, v, s) => o with { FusedDecodeFeedForward = ParseBool(v, s) },
         [nameof(FusedDecodeAttentionOutput)] = (o, v, s) => o with { FusedDecodeAttentionOutput = ParseBool(v, s) },
         [nameof(DecodeProducts)] = (o, v, s) => o with { DecodeProducts = ParseBool(v, s) },
         [nameof(HopperDecodeProducts)] = (o, v, s) => o with { HopperDecodeProducts = ParseBool(v, s) },

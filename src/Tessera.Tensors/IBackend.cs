@@ -161,18 +161,6 @@ public interface IBackend
         RmsNormPrologue? norm = null, bool geluGate = false);
 
     /// <summary>
-    /// The MLP branch of a one-row decode step added to the residual stream as one op, where the backend fuses it: target
-    /// (1, C) += (act(x' gateWeight^T + gateBias) * (x' upWeight^T + upBias)) downWeight^T, with x (1, C), gateWeight and
-    /// upWeight (F, C), downWeight (C, F), x' = x normalized by <paramref name="norm"/> (x itself without one), act SiLU or,
-    /// with <paramref name="geluGate"/>, the tanh GELU, and the activation rounded to x's dtype as <see cref="MatMulSwiGlu"/>
-    /// stores it. x may be target itself (the residual stream updated in place). Returns false, having done nothing, where
-    /// the backend does not fuse the call; the caller then runs <see cref="MatMulSwiGlu"/> and the down product. The CPU backend
-    /// never fuses it; the CUDA backend does under its FusedDecodeFeedForward option.
-    /// </summary>
-    bool TryFeedForwardAccumulate(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor downWeight, Tensor target, Tensor? gateBias = null,
-        Tensor? upBias = null, RmsNormPrologue? norm = null, bool geluGate = false);
-
-    /// <summary>
     /// Llama's MLP in training, before its last product: gateUp (N, 2F) = x (N, C) gateUpWeight^T, gateUpWeight (2F, C) the gate
     /// and up weights stacked ([Wg; Wu]), and activated (N, F) = SiLU(gateUp[:, :F]) * gateUp[:, F:], both kept (the backward
     /// reads gateUp): the product then <see cref="SwiGluForward"/> on its two halves, with the same bits. One launch where the

@@ -230,8 +230,8 @@ public class Linear
 
     /// <summary>
     /// Whether <see cref="ForwardAccumulate"/> adds exactly x W^T + b to its residual (a plain product, no reduction over
-    /// ranks), so that a fused op may add it in the layer's place (the decode step's one-launch MLP,
-    /// <see cref="IBackend.TryFeedForwardAccumulate"/>). False for a row-parallel layer, which also all-reduces.
+    /// ranks), so that a fused op may add it in the layer's place (the decode step's attention with its output product,
+    /// <see cref="IBackend.TryAttentionOutputAccumulate"/>). False for a row-parallel layer, which also all-reduces.
     /// </summary>
     public virtual bool AccumulatesPlainProduct => IsPlainProduct;
 

@@ -113,13 +113,6 @@ public sealed class SwiGluMlp : IFeedForward
     /// <summary>The inference MLP of norm(x) added to <paramref name="target"/> (accumulate) or written into it.</summary>
     private void ForwardBranch(in PassContext ctx, Tensor x, INormalization norm, Tensor target, bool accumulate)
     {
-        // Added to the residual stream, unquantized, on one rank: the backend may run the norm, gate and up, the activation,
-        // the down product and the add as one op (CUDA: one launch for one row, under its FusedDecodeFeedForward option).
-        if (accumulate && norm is RmsNorm fusedNorm && Input is IdentityRegion && Gate.IsPlainProduct && Up.IsPlainProduct
-            && Projection.AccumulatesPlainProduct && Projection.Bias is null
-            && x.Backend.TryFeedForwardAccumulate(x, Gate.Weight.Value, Up.Weight.Value, Projection.Weight.Value, target, Gate.Bias?.Value,
-                Up.Bias?.Value, fusedNorm.Prologue, GeluGate))
-            return;
         var a = ctx.Buffer(_activated, new Shape(x.Size(0), Gate.OutFeatures), x.DType);   // (N, F)
         if (!GeluGate && Gate.IsPlainQuantizedProduct && Up.IsPlainQuantizedProduct && Gate.Weight.Quantized!.IsLike(Up.Weight.Quantized!))
         {

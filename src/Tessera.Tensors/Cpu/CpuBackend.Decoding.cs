@@ -358,11 +358,6 @@ public sealed unsafe partial class CpuBackend
         Tensor? outputBias, Tensor target, double scale, int window = 0) => false;
 
     /// <inheritdoc/>
-    /// <remarks>Never fused here: the caller's composition (<see cref="MatMulSwiGlu"/>, then the down product) is the reference.</remarks>
-    public bool TryFeedForwardAccumulate(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor downWeight, Tensor target, Tensor? gateBias = null,
-        Tensor? upBias = null, RmsNormPrologue? norm = null, bool geluGate = false) => false;
-
-    /// <inheritdoc/>
     /// <remarks>The product into dActivated, then <see cref="SwiGluBackward"/> into dGateUp's halves.</remarks>
     public void DownSwiGluBackward(Tensor dOutput, Tensor downWeight, Tensor gateUp, Tensor dGateUp, Tensor dActivated) =>
         DownSwiGluBackwardComposition.Apply(this, dOutput, downWeight, gateUp, dGateUp, dActivated);

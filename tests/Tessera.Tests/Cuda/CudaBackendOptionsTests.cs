@@ -17,7 +17,6 @@ public sealed class CudaBackendOptionsTests
         MatrixVectorKernels = false,
         MatrixVectorCtasPerSm = 1,
         EarlyWeightLoads = false,
-        FusedDecodeFeedForward = true,
         FusedDecodeAttentionOutput = true,
         HopperDecodeProducts = false,
         DecodeProductTensorMaps = true,

@@ -41,8 +41,6 @@ public sealed class KernelSourceTests
         extern "C" __device__ float fminf(float, float);
         extern "C" __device__ float fabsf(float);
         extern "C" __device__ float fmaf(float, float, float);
-        extern "C" __device__ float ldexpf(float, int);
-        extern "C" __device__ long long llrintf(float);
         extern "C" __device__ double sin(double);
         extern "C" __device__ double cos(double);
         extern "C" __device__ void sincos(double, double*, double*);
@@ -67,9 +65,6 @@ public sealed class KernelSourceTests
         __device__ unsigned long long atomicAdd(unsigned long long*, unsigned long long);
         __device__ unsigned atomicCAS(unsigned*, unsigned, unsigned);
         __device__ unsigned atomicInc(unsigned*, unsigned);
-        __device__ int atomicOr(int*, int);
-        __device__ int atomicExch(int*, int);
-        __device__ unsigned long long atomicExch(unsigned long long*, unsigned long long);
         __device__ float __shfl_xor_sync(unsigned, float, int, int w = 32);
         __device__ double __shfl_xor_sync(unsigned, double, int, int w = 32);
         __device__ int __shfl_xor_sync(unsigned, int, int, int w = 32);

@@ -109,9 +109,6 @@ inline std::mutex& emu_atomic_lock() { static std::mutex m; return m; }
 inline float atomicAdd(float* p, float v) { std::lock_guard<std::mutex> g(emu_atomic_lock()); float o = *p; *p += v; return o; }
 inline int atomicAdd(int* p, int v) { std::lock_guard<std::mutex> g(emu_atomic_lock()); int o = *p; *p += v; return o; }
 inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) { std::lock_guard<std::mutex> g(emu_atomic_lock()); unsigned long long o = *p; *p += v; return o; }
-inline unsigned long long atomicExch(unsigned long long* p, unsigned long long v) { std::lock_guard<std::mutex> g(emu_atomic_lock()); unsigned long long o = *p; *p = v; return o; }
-inline int atomicExch(int* p, int v) { std::lock_guard<std::mutex> g(emu_atomic_lock()); int o = *p; *p = v; return o; }
-inline int atomicOr(int* p, int v) { std::lock_guard<std::mutex> g(emu_atomic_lock()); int o = *p; *p |= v; return o; }
 inline unsigned atomicCAS(unsigned* p, unsigned c, unsigned v) { std::lock_guard<std::mutex> g(emu_atomic_lock()); unsigned o = *p; if (o == c) *p = v; return o; }
 // Counters a kernel bumps where the path it took matters to a test and shows in no output (sampling.cu: rows whose survivors
 // fit its shared list, 0, and rows that went on over the whole row, 1); the check program reads and resets them.

@@ -376,89 +376,6 @@ template <typename T, int M> static void run_f8(int index, int N, int K, int gri
     printf("%s: seed %u, written to %s\n", name, seed, file);
 }
 
-// The one-launch MLP of a one-row decode step, gemv_mlp_*_m1: y += Wd act(Wg x', Wu x') with x' = RMSNorm(x) (or x), the
-// activation rounded to T, the CTAs' partial sums added in 64-bit fixed point and each segment of rows written by the grid's
-// last warp to finish it. Checked against a double reference (1e-5 of the largest output in f32; 8e-3 in bf16, whose output
-// keeps 8 significant bits): the values; that acc, bad and the counters are left zero (a graph replay starts clean); that
-// early and late weight loads give the same bits; and, with one down weight of 1e30 (a partial fixed point cannot hold),
-// that its row alone becomes NaN. Shapes: rows past a whole segment (N not a multiple of 128), C from 4 (one lane a row of
-// Wd, fewer row groups a segment than warps, warps idle in the gate/up half) to 32, grids of 3 to 5 CTAs; x = y (the decode
-// step's residual stream, updated in place) and, in the bf16 case, x apart from y.
-template <typename T> static auto mlp_kernel()
-{
-    if constexpr (std::is_same_v<T, float>) return gemv_mlp_f32_m1;
-    else return gemv_mlp_bf16_m1;
-}
-
-template <typename T> static void run_mlp(int N, int F, int C, bool with_norm, bool with_bias, bool gelu, bool poison, bool apart = false)
-{
-    const unsigned seed = 71 + N + 3 * F + C;
-    std::mt19937 rng(seed);
-    const int ldw = N + 8, ldd = F + 8;   // row strides past the rows
-    auto x = uniform<T>(N, rng, 1.f), nw = uniform<T>(N, rng, 0.5f, 1.f), wg = uniform<T>((size_t)F * ldw, rng, 0.05f),
-         wu = uniform<T>((size_t)F * ldw, rng, 0.05f), bg = uniform<T>(F, rng, 0.1f), bu = uniform<T>(F, rng, 0.1f),
-         wd = uniform<T>((size_t)N * ldd, rng, 0.05f), y0 = apart ? uniform<T>(N, rng, 1.f) : x;
-    const int poisoned = N / 3;
-    if (poison) wd[(size_t)poisoned * ldd + F / 2] = from_f<T>(1e30f);
-    const float eps = 1e-5f;
-    // The reference: x' as the kernel stages it (rounded to T), the activations rounded to T, the rest in double.
-    std::vector<double> xn(N), h(F), e(N);
-    double ss = 0;
-    for (int k = 0; k < N; k++) ss += (double)to_f(x[k]) * to_f(x[k]);
-    const float rs = 1.f / std::sqrt((float)(ss / N) + eps);
-    for (int k = 0; k < N; k++) xn[k] = with_norm ? to_f(from_f<T>(to_f(x[k]) * rs * to_f(nw[k]))) : to_f(x[k]);
-    for (int j = 0; j < F; j++)
-    {
-        double g = with_bias ? to_f(bg[j]) : 0, u = with_bias ? to_f(bu[j]) : 0;
-        for (int k = 0; k < N; k++) { g += xn[k] * to_f(wg[(size_t)j * ldw + k]); u += xn[k] * to_f(wu[(size_t)j * ldw + k]); }
-        const double a = gelu ? 0.5 * g * (1 + std::tanh(0.7978845608028654 * (g + 0.044715 * g * g * g))) : g / (1 + std::exp(-g));
-        h[j] = to_f(from_f<T>((float)(a * u)));
-    }
-    for (int n = 0; n < N; n++)
-    {
-        double s = to_f(y0[n]);
-        for (int j = 0; j < F; j++) s += to_f(wd[(size_t)n * ldd + j]) * h[j];
-        e[n] = s;
-    }
-    const int segments = (N + 127) / 128;
-    std::vector<T> y[2];
-    bool clean = true;
-    for (int early = 0; early < 2; early++)
-    {
-        y[early] = y0;
-        std::vector<unsigned long long> acc(N);
-        std::vector<int> bad(N), counters(segments);
-        T* py = y[early].data();
-        const T* px = apart ? x.data() : py;
-        const T *pn = with_norm ? nw.data() : nullptr, *pg = wg.data(), *pu = wu.data(), *pbg = with_bias ? bg.data() : nullptr,
-                *pbu = with_bias ? bu.data() : nullptr, *pd = wd.data();
-        unsigned long long* pa = acc.data();
-        int *pb = bad.data(), *pc = counters.data();
-        int n_ = N, c_ = C, un = 0, ge = gelu ? 1 : 0, ea = early;
-        long long lw = ldw, ld = ldd;
-        float ep = eps;
-        auto kernel = mlp_kernel<T>();
-        emu_launch(F / C, 256, [&] { kernel(px, py, pn, ep, un, pg, pu, pbg, pbu, pd, pa, pb, pc, n_, c_, lw, ld, ge, ea); });
-        for (auto v : acc) clean &= v == 0;
-        for (auto v : bad) clean &= v == 0;
-        for (auto v : counters) clean &= v == 0;
-    }
-    char name[160];
-    snprintf(name, sizeof name, "gemv_mlp %s N=%d F=%d C=%d grid=%d%s%s%s%s%s", type_name<T>(), N, F, C, F / C, with_norm ? " norm" : "",
-             with_bias ? " bias" : "", gelu ? " geglu" : "", poison ? " poisoned" : "", apart ? " x apart" : "");
-    std::vector<float> out(N);
-    for (int n = 0; n < N; n++) out[n] = to_f(y[1][n]);
-    if (poison)
-    {
-        report(std::string(name) + ": that row NaN", std::isnan(out[poisoned]));
-        out[poisoned] = 0.f;
-        e[poisoned] = 0.0;
-    }
-    check(name, e, out, std::is_same_v<T, float> ? 1e-5 : 8e-3);
-    report(std::string(name) + ": early = late, scratch zero", std::memcmp(y[0].data(), y[1].data(), N * sizeof(T)) == 0 && clean);
-    printf("%s: seed %u\n", name, seed);
-}
-
 // out (N, K) = scales[n] * values[n, k]: every element exactly the fp32 product (a grid-stride loop over fewer threads
 // than elements, rows crossing the blocks' edges). K a multiple of 16 takes 16 values a thread when out is 16-byte aligned
 // (offset 0; the values are, from the vector), else (offset 1: out a float past a 16-byte boundary) value by value.
@@ -519,10 +436,6 @@ int main()
     run_f8<float, 1>(4, 37, 2048, 5, false, 0.f, true, true);     // half a unit (llama-1b's rows), 40 warps for 37 rows
     run_f8<bf16, 2>(5, 100, 1024, 2, true, 1.f, false, false);    // bf16 x, bias and y; the residual
     run_f8<bf16, 4>(6, 64, 2064, 2, false, 0.f, true, false);     // bf16, two units, the addend, a row of zeros
-    run_mlp<float>(264, 48, 16, true, true, false, false);     // three segments, the last of 8 rows; 4 lanes a row of Wd
-    run_mlp<float>(1040, 96, 32, true, false, true, false);    // GeGLU; 8 lanes a row; 4 row groups a warp a segment
-    run_mlp<float>(200, 20, 4, false, true, false, true);      // one lane a row: 4 row groups a segment for 8 warps; a poisoned row
-    run_mlp<bf16>(2048, 128, 32, false, false, false, false, true);   // llama-1b's width in bf16 (no norm: its staged stores are PTX); x apart from y
     run_dequantize(37, 45, 3, 64);
     run_dequantize(8, 4096, 7, 128);
     run_dequantize(5, 48, 2, 32, 1);
