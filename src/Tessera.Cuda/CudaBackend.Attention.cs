@@ -135,9 +135,6 @@ public sealed unsafe partial class CudaBackend
     /// it serves (FDO_MAX_R).</summary>
     private const int DecodeOutWarps = 8, DecodeOutMaxHeadsPerKvHead = 8;
 
-    private ulong _decodeOutScratch;
-    private long _decodeOutScratchBytes;
-
     /// <inheritdoc/>
     /// <remarks>Under <see cref="CudaBackendOptions.FusedDecodeAttentionOutput"/>, for BF16/F16 heads of 64 or 128 in the flash
     /// kernels' layout, at most 8 query heads a kv head, and a cache shorter than the grouped decode's threshold (its
@@ -162,19 +159,22 @@ public sealed unsafe partial class CudaBackend
         if (target.Rank != 2 || target.Size(0) != b || target.Size(1) != c || target.DType != dtype || target.Stride(1) != 1
             || !BiasFits(outputBias, dtype, c) || b == 0 || c == 0) return false;
         // Output rows a CTA: kh x b x segments CTAs about one wave, rows a multiple of the warps, shrunk until the CTA's
-        // slice of the weight and its attention state fit shared memory.
+        // slice of the weight and its attention state fit shared memory (less 1 KB for the kernel's static shared memory).
         int segments = Math.Max(1, (CudaDevice.MultiprocessorCount + kh * b - 1) / (kh * b));
         int rows = ((c + segments - 1) / segments + DecodeOutWarps - 1) / DecodeOutWarps * DecodeOutWarps;
         long state = (2L * width + DecodeOutWarps * r * 32 + (long)DecodeOutWarps * r * (d + 2)) * sizeof(float);
-        while (rows > DecodeOutWarps && (long)rows * width * dtype.SizeInBytes() + state > CudaDevice.MaxSharedMemoryPerBlockOptIn) rows -= DecodeOutWarps;
+        long limit = CudaDevice.MaxSharedMemoryPerBlockOptIn - 1024;
+        while (rows > DecodeOutWarps && (long)rows * width * dtype.SizeInBytes() + state > limit) rows -= DecodeOutWarps;
         long shared = (long)rows * width * dtype.SizeInBytes() + state;
-        if (shared > CudaDevice.MaxSharedMemoryPerBlockOptIn) return false;
+        if (shared > limit) return false;
         segments = (c + rows - 1) / rows;
-        long partBytes = (long)b * kh * c * sizeof(float);
-        ulong scratch = ZeroedOnce(ref _decodeOutScratch, ref _decodeOutScratchBytes, partBytes + (long)b * segments * sizeof(int));
-        if (scratch == 0) return false;   // a recording that would need a larger one: the caller runs the two ops
+        // The segments' counters are the decode attention's (zero at rest, every launch leaves them zero, and the kernels
+        // that use them run in stream order); 0 while a recording would need more of them: the caller runs the two ops.
+        ulong counters = DecodeCounters(b * segments);
+        if (counters == 0) return false;
+        ulong part = Scratch((long)b * kh * c * sizeof(float));
         ulong pq = Ptr(q), pk = Ptr(keyCache), pv = Ptr(valueCache), starts = Ptr(startPositions), pw = Ptr(outputWeight),
-            pb = PtrOrNull(outputBias), py = Ptr(target), part = scratch, counters = scratch + (ulong)partBytes;
+            pb = PtrOrNull(outputBias), py = Ptr(target);
         var sq = Strides3.Of(op, "q", q); var sk = Strides3.Of(op, "keyCache", keyCache); var sv = Strides3.Of(op, "valueCache", valueCache);
         long ldo = outputWeight.Stride(0), ldy = target.Stride(0);
         float sc = (float)scale;
@@ -182,6 +182,7 @@ public sealed unsafe partial class CudaBackend
         void** args = stackalloc void*[] { &pq, &pk, &pv, &starts, &s, &pw, &pb, &py, &part, &counters, &h, &kh, &c, &rows, &sq, &sk, &sv, &ldo, &ldy, &sc, &window, &early };
         Launch("flash_attention.cu", "flash_decode_out_" + FlashSuffix(dtype, d), ((uint)kh, (uint)segments, (uint)b), DecodeOutWarps * 32, args,
             (uint)shared, dependent: true);
+        FreeScratch(part);
         return true;
     }
 

@@ -868,15 +868,25 @@ __device__ void flash_decode_out(const T* q, const T* k, const T* v, const int* 
     cp_async_wait<0>();
     __syncthreads();
 
+    // Lane j's chunks of a row are j, j + 32, ... (at most FDO_MAX_R D / 256 of them): their outputs held in registers.
+    constexpr int CPL = FDO_MAX_R * D / (32 * V);
+    float ov[CPL][V];
+#pragma unroll
+    for (int u = 0; u < CPL; u++)
+#pragma unroll
+        for (int e = 0; e < V; e++) ov[u][e] = lane + 32 * u < chunks ? osm[(lane + 32 * u) * V + e] : 0.f;
     for (int r = warp; r < nrows; r += FDO_WARPS)
     {
         float sum = 0.f;
-        for (int c = lane; c < chunks; c += 32)
+#pragma unroll
+        for (int u = 0; u < CPL; u++)
         {
+            const int c = lane + 32 * u;
+            if (c >= chunks) break;
             float w[V];
             unpack16<T>(*reinterpret_cast<const Bytes16*>(ws + (i64)r * width + c * V), w);
 #pragma unroll
-            for (int e = 0; e < V; e++) sum = fmaf(w[e], osm[c * V + e], sum);
+            for (int e = 0; e < V; e++) sum = fmaf(w[e], ov[u][e], sum);
         }
         sum = warp_sum(sum);
         if (lane == 0) part[((i64)b * KH + g) * C + n0 + r] = sum;
