@@ -9,7 +9,8 @@ namespace Tessera.Bench.Gpu;
 /// side by side on the host's processors, before a run that would otherwise compile them one at a time as their kernels are
 /// first launched (a fresh GPU machine has an empty cache; scripts/gpu-bench.sh runs this first). Prints a table of the
 /// modules (compiled or cached, seconds, NVRTC's error) and the wall time; exit code 1 when a module does not compile.
-/// <para>Usage: gpu-compile [--parallel N] (default: the host's processors). The cache is the default one
+/// <para>Usage: gpu-compile [--parallel N] [--modules a.cu,b.cu#variant,...] (default: the host's processors, every module; a
+/// short device call names only the modules its runs launch, and the rest compile at their first launch). The cache is the default one
 /// (<c>TESSERA_KERNEL_CACHE</c>, else the user's cache folder).</para>
 /// </summary>
 public static class KernelPrecompileBench
@@ -18,18 +19,20 @@ public static class KernelPrecompileBench
     public static int Run(string[] args)
     {
         int parallel = 0;
+        string[]? modules = null;
         for (int i = 0; i < args.Length; i++)
         {
             switch (args[i])
             {
                 case "--parallel": parallel = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
-                default: Console.Error.WriteLine($"gpu-compile: unknown argument '{args[i]}'; usage: gpu-compile [--parallel N]"); return 2;
+                case "--modules": modules = args[++i].Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries); break;
+                default: Console.Error.WriteLine($"gpu-compile: unknown argument '{args[i]}'; usage: gpu-compile [--parallel N] [--modules a.cu,b.cu]"); return 2;
             }
         }
         using var device = CudaDevice.Open();
         using var library = new KernelLibrary(device, new KernelCache());
         var wall = System.Diagnostics.Stopwatch.StartNew();
-        var done = library.Precompile(parallelism: parallel);
+        var done = library.Precompile(modules, parallelism: parallel);
         wall.Stop();
         Console.WriteLine($"| module | {device.Architecture} | seconds | error |");
         Console.WriteLine("|---|---|---:|---|");
