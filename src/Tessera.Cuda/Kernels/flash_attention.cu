@@ -823,7 +823,7 @@ __device__ void flash_decode_out(const T* q, const T* k, const T* v, const int* 
         }
         __syncwarp();
         const int n = min(32, len - c0);
-#pragma unroll 4
+#pragma unroll 8
         for (int j = 0; j < n; j++)
         {
             float vv[DPL];
