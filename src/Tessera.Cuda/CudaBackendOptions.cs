@@ -43,9 +43,8 @@ public sealed record CudaBackendOptions
     /// its query heads over the whole cache and multiplies their outputs by the output weight's columns they meet, which it
     /// copied into shared memory before waiting on the kernel in front; the last CTA of a segment adds the kv heads' partial
     /// sums in a fixed order. For one query a sequence, heads of 64 or 128, at most 8 query heads a kv head, no soft cap, and a
-    /// cache promised shorter than the grouped decode's threshold (every segment's CTA reads the kv head's whole cache). The
-    /// one of the decode step's five all-to-all stages a layer that a fusion takes away. Default false until measured on a
-    /// GPU.
+    /// cache promised shorter than the grouped decode's threshold (every segment's CTA reads the kv head's whole cache). It
+    /// takes one of the decode step's five all-to-all stages a layer away. Default false until measured on a GPU.
     /// </summary>
     public bool FusedDecodeAttentionOutput { get; init; }
 

@@ -17,6 +17,12 @@ public sealed unsafe partial class CpuBackend
         KeepOperandsAlive(x, startPositions);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Never fused here: the caller's composition (<see cref="AttentionForwardCached"/>, then the output product) is
+    /// the reference.</remarks>
+    public bool TryAttentionOutputAccumulate(Tensor q, Tensor keyCache, Tensor valueCache, Tensor startPositions, Tensor outputWeight,
+        Tensor? outputBias, Tensor target, double scale, int window = 0) => false;
+
     public void AttentionForwardCached(Tensor q, Tensor keyCache, Tensor valueCache, Tensor startPositions, Tensor output, double scale,
         int window = 0, double softCap = 0)
     {
@@ -350,12 +356,6 @@ public sealed unsafe partial class CpuBackend
     /// <remarks>The product into gateUp, then <see cref="SwiGluForward"/> on its halves.</remarks>
     public void GateUpSwiGlu(Tensor x, Tensor gateUpWeight, Tensor gateUp, Tensor activated) =>
         GateUpSwiGluComposition.Apply(this, x, gateUpWeight, gateUp, activated);
-
-    /// <inheritdoc/>
-    /// <remarks>Never fused here: the caller's composition (<see cref="AttentionForwardCached"/>, then the output product) is
-    /// the reference.</remarks>
-    public bool TryAttentionOutputAccumulate(Tensor q, Tensor keyCache, Tensor valueCache, Tensor startPositions, Tensor outputWeight,
-        Tensor? outputBias, Tensor target, double scale, int window = 0) => false;
 
     /// <inheritdoc/>
     /// <remarks>The product into dActivated, then <see cref="SwiGluBackward"/> into dGateUp's halves.</remarks>
