@@ -727,13 +727,17 @@ __device__ void flash_decode_gqa(const T* q, const T* k, const T* v, float* part
 #define FDO_WARPS 8
 #define FDO_MAX_R 8
 
-// n (2 or 4) consecutive 16-bit values as fp32, one 4- or 8-byte load (p aligned to it).
+// N (2 or 4) consecutive 16-bit values kept as raw words (one 4- or 8-byte load, p aligned to it), and as fp32.
+template <int N> struct alignas(2 * N) HalfWords { unsigned w[N / 2]; };
 template <typename T, int N>
-__device__ __forceinline__ void load_pair_or_quad(const T* p, float* out)
+__device__ __forceinline__ HalfWords<N> load_half_words(const T* p)
 {
     static_assert(N == 2 || N == 4, "2 or 4 values");
-    struct alignas(4 * (N / 2)) Words { unsigned w[N / 2]; };
-    const Words u = *reinterpret_cast<const Words*>(p);
+    return *reinterpret_cast<const HalfWords<N>*>(p);
+}
+template <typename T, int N>
+__device__ __forceinline__ void unpack_half_words(const HalfWords<N>& u, float* out)
+{
     const T* e = reinterpret_cast<const T*>(&u);
 #pragma unroll
     for (int i = 0; i < N; i++) out[i] = to_f(e[i]);
@@ -786,27 +790,38 @@ __device__ void flash_decode_out(const T* q, const T* k, const T* v, const int* 
 #pragma unroll
         for (int i = 0; i < DPL; i++) acc[r][i] = 0.f;
     }
+    // A chunk costs one round trip to memory, not one per key: the lane's key row and the warp's value columns of the
+    // chunk's first VB keys are all requested before any is used (the values do not depend on the scores). Keys past
+    // the cache's length read lane 0's row (valid) and score -inf; values past it are zeros, so 0 x garbage adds nothing.
+    constexpr int VB = D == 64 ? 32 : 16;   // value rows in flight a lane (D 128: two rounds, for registers)
     for (int c0 = lo + warp * 32; c0 < len; c0 += FDO_WARPS * 32)   // uniform over the warp
     {
-        const int s = c0 + lane;
+        const int s = c0 + lane, n = min(32, len - c0);
         const bool ok = s < len;
+        Bytes16 kraw[D / V];
+        HalfWords<DPL> vraw[VB];
+        const T* kr = kb + (i64)(ok ? s : c0) * ks.t;
+#pragma unroll
+        for (int j = 0; j < D / V; j++) kraw[j] = *reinterpret_cast<const Bytes16*>(kr + j * V);
+        auto load_values = [&](int j0) {
+#pragma unroll
+            for (int j = 0; j < VB; j++)
+                vraw[j] = j0 + j < n ? load_half_words<T, DPL>(vb + (i64)(c0 + j0 + j) * vs.t) : HalfWords<DPL>{};
+        };
+        load_values(0);
         float sc[FDO_MAX_R];
 #pragma unroll
         for (int r = 0; r < FDO_MAX_R; r++) sc[r] = 0.f;
-        if (ok)
+#pragma unroll
+        for (int j = 0; j < D / V; j++)
         {
-            const T* kr = kb + (i64)s * ks.t;
+            float kv[V];
+            unpack16<T>(kraw[j], kv);
 #pragma unroll
-            for (int j = 0; j < D; j += V)
-            {
-                float kv[V];
-                load16<T>(kr + j, kv);
+            for (int r = 0; r < FDO_MAX_R; r++)
+                if (r < R)
 #pragma unroll
-                for (int r = 0; r < FDO_MAX_R; r++)
-                    if (r < R)
-#pragma unroll
-                        for (int e = 0; e < V; e++) sc[r] = fmaf(qsm[r * D + j + e], kv[e], sc[r]);
-            }
+                    for (int e = 0; e < V; e++) sc[r] = fmaf(qsm[r * D + j * V + e], kv[e], sc[r]);
         }
 #pragma unroll
         for (int r = 0; r < FDO_MAX_R; r++)
@@ -822,20 +837,28 @@ __device__ void flash_decode_out(const T* q, const T* k, const T* v, const int* 
             m[r] = mn;
         }
         __syncwarp();
-        const int n = min(32, len - c0);
-#pragma unroll 8
-        for (int j = 0; j < n; j++)
+#pragma unroll
+        for (int j0 = 0; j0 < 32; j0 += VB)
         {
-            float vv[DPL];
-            load_pair_or_quad<T, DPL>(vb + (i64)(c0 + j) * vs.t, vv);
+            if (j0 > 0)
+            {
+                if (j0 >= n) break;
+                load_values(j0);
+            }
 #pragma unroll
-            for (int r = 0; r < FDO_MAX_R; r++)
-                if (r < R)
-                {
-                    const float p = pw[r * 32 + j];
+            for (int j = 0; j < VB; j++)
+            {
+                float vv[DPL];
+                unpack_half_words<T, DPL>(vraw[j], vv);
 #pragma unroll
-                    for (int i = 0; i < DPL; i++) acc[r][i] = fmaf(p, vv[i], acc[r][i]);
-                }
+                for (int r = 0; r < FDO_MAX_R; r++)
+                    if (r < R)
+                    {
+                        const float p = pw[r * 32 + j0 + j];   // 0 past the cache's length
+#pragma unroll
+                        for (int i = 0; i < DPL; i++) acc[r][i] = fmaf(p, vv[i], acc[r][i]);
+                    }
+            }
         }
         __syncwarp();
     }
@@ -875,7 +898,8 @@ __device__ void flash_decode_out(const T* q, const T* k, const T* v, const int* 
     for (int u = 0; u < CPL; u++)
 #pragma unroll
         for (int e = 0; e < V; e++) ov[u][e] = lane + 32 * u < chunks ? osm[(lane + 32 * u) * V + e] : 0.f;
-    for (int r = warp; r < nrows; r += FDO_WARPS)
+#pragma unroll 4
+    for (int r = warp; r < nrows; r += FDO_WARPS)   // unrolled so that four rows' shuffle trees interleave
     {
         float sum = 0.f;
 #pragma unroll
