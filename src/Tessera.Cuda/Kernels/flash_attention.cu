@@ -777,6 +777,13 @@ __device__ void flash_decode_out(const T* q, const T* k, const T* v, const int* 
     const float sl2 = scale * LOG2E;
     for (int i = tid; i < width; i += blockDim.x)
         qsm[i] = to_f(q[b * qs.b + (i64)(g * R + i / D) * qs.h + i % D]) * sl2;
+    // Row n0 + tid's residual and bias, read with q so that the segment's last CTA does not wait for them at the end.
+    float ypre = 0.f, bpre = 0.f;
+    if (tid < nrows)
+    {
+        ypre = to_f(y[b * ldy + n0 + tid]);
+        if (bias) bpre = to_f(bias[n0 + tid]);
+    }
     __syncthreads();
 
     const T* kb = k + b * ks.b + (i64)g * ks.h;
@@ -929,9 +936,10 @@ __device__ void flash_decode_out(const T* q, const T* k, const T* v, const int* 
         const int n = n0 + r;
         float sum = 0.f;
         for (int j = 0; j < KH; j++) sum += load_cg(part + ((i64)b * KH + j) * C + n);
-        if (bias) sum += to_f(bias[n]);
+        const bool pre = r == tid;   // read at the start
+        if (bias) sum += pre ? bpre : to_f(bias[n]);
         T* yn = y + b * ldy + n;
-        *yn = from_f<T>(to_f(*yn) + sum);
+        *yn = from_f<T>((pre ? ypre : to_f(*yn)) + sum);
     }
     if (tid == 0) *counter = 0;
 }
