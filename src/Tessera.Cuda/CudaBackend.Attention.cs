@@ -131,16 +131,18 @@ public sealed unsafe partial class CudaBackend
         FreeScratch(part);
     }
 
-    /// <summary>Warps a CTA of <c>flash_decode_out_*</c> (FDO_WARPS in flash_attention.cu), and the most query heads a kv head
-    /// it serves (FDO_MAX_R).</summary>
-    private const int DecodeOutWarps = 8, DecodeOutMaxHeadsPerKvHead = 8;
+    /// <summary>Warps a CTA of <c>flash_decode_out_*</c> (FDO_WARPS in flash_attention.cu), the most query heads a kv head
+    /// it serves (FDO_MAX_R), and the CTAs of a cluster that share a kv head's attention (at most FDO_MAX_CLUSTER): 4 lets
+    /// a GPC hold several clusters, and a warp of a 1,024-key cache one chunk.</summary>
+    private const int DecodeOutWarps = 8, DecodeOutMaxHeadsPerKvHead = 8, DecodeOutClusterCtas = 4;
 
     /// <inheritdoc/>
     /// <remarks>Under <see cref="CudaBackendOptions.FusedDecodeAttentionOutput"/>, for BF16/F16 heads of 64 or 128 in the flash
     /// kernels' layout, at most 8 query heads a kv head, and a cache shorter than the grouped decode's threshold (its
     /// capacity, or the longest an inference scope promises): one launch of <c>flash_decode_out_*</c> (flash_attention.cu),
-    /// a CTA per (kv head, segment of output rows, sequence). The segments are sized so the CTAs cover the SMs about once
-    /// and each CTA's slice of the output weight fits its shared memory.</remarks>
+    /// a CTA per (segment of output rows, kv head, sequence), the segments in thread-block clusters that split the
+    /// attention's keys and merge it through distributed shared memory. The segments are sized so the CTAs cover the SMs
+    /// about once and each CTA's slice of the output weight fits its shared memory.</remarks>
     public bool TryAttentionOutputAccumulate(Tensor q, Tensor keyCache, Tensor valueCache, Tensor startPositions, Tensor outputWeight,
         Tensor? outputBias, Tensor target, double scale, int window = 0)
     {
@@ -152,22 +154,25 @@ public sealed unsafe partial class CudaBackend
         var dtype = q.DType;
         int r = h / kh, width = r * d;
         if ((d != 64 && d != 128) || r > DecodeOutMaxHeadsPerKvHead || !FlashLayout([q, keyCache, valueCache])) return false;
-        if (Math.Min(s, LongestCache) >= FlashDecodeGroupMinKeys) return false;   // every segment's CTA reads the whole cache
+        if (Math.Min(s, LongestCache) >= FlashDecodeGroupMinKeys) return false;   // each cluster reads the whole cache
         if (outputWeight.Rank != 2 || outputWeight.DType != dtype || outputWeight.Size(1) != h * d || outputWeight.Stride(1) != 1
             || outputWeight.Stride(0) % 8 != 0 || Ptr(outputWeight) % 16 != 0) return false;
         int c = outputWeight.Size(0);
         if (target.Rank != 2 || target.Size(0) != b || target.Size(1) != c || target.DType != dtype || target.Stride(1) != 1
             || !BiasFits(outputBias, dtype, c) || b == 0 || c == 0) return false;
         // Output rows a CTA: kh x b x segments CTAs about one wave, rows a multiple of the warps, shrunk until the CTA's
-        // slice of the weight and its attention state fit shared memory (less 1 KB for the kernel's static shared memory).
+        // slice of the weight and its attention state fit shared memory (less 1 KB for the kernel's static shared memory);
+        // the segments in clusters of DecodeOutClusterCtas (fewer for a short output), padded to a whole cluster.
         int segments = Math.Max(1, (CudaDevice.MultiprocessorCount + kh * b - 1) / (kh * b));
         int rows = ((c + segments - 1) / segments + DecodeOutWarps - 1) / DecodeOutWarps * DecodeOutWarps;
-        long state = (2L * width + DecodeOutWarps * r * 32 + (long)DecodeOutWarps * r * (d + 2)) * sizeof(float);
+        long state = (2L * width + DecodeOutWarps * r * 32 + (long)(DecodeOutWarps + 1) * r * (d + 2) + 4) * sizeof(float);
         long limit = CudaDevice.MaxSharedMemoryPerBlockOptIn - 1024;
         while (rows > DecodeOutWarps && (long)rows * width * dtype.SizeInBytes() + state > limit) rows -= DecodeOutWarps;
         long shared = (long)rows * width * dtype.SizeInBytes() + state;
         if (shared > limit) return false;
         segments = (c + rows - 1) / rows;
+        int cluster = Math.Min(DecodeOutClusterCtas, segments);
+        segments = (segments + cluster - 1) / cluster * cluster;
         // The segments' counters are the decode attention's (zero at rest, every launch leaves them zero, and the kernels
         // that use them run in stream order); 0 while a recording would need more of them: the caller runs the two ops.
         ulong counters = DecodeCounters(b * segments);
@@ -180,8 +185,8 @@ public sealed unsafe partial class CudaBackend
         float sc = (float)scale;
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
         void** args = stackalloc void*[] { &pq, &pk, &pv, &starts, &s, &pw, &pb, &py, &part, &counters, &h, &kh, &c, &rows, &sq, &sk, &sv, &ldo, &ldy, &sc, &window, &early };
-        Launch("flash_attention.cu", "flash_decode_out_" + FlashSuffix(dtype, d), ((uint)kh, (uint)segments, (uint)b), DecodeOutWarps * 32, args,
-            (uint)shared, dependent: true);
+        Launch("flash_attention.cu", "flash_decode_out_" + FlashSuffix(dtype, d), ((uint)segments, (uint)kh, (uint)b), DecodeOutWarps * 32, args,
+            (uint)shared, dependent: true, clusterX: (uint)cluster);
         FreeScratch(part);
         return true;
     }

@@ -710,22 +710,27 @@ __device__ void flash_decode_gqa(const T* q, const T* k, const T* v, float* part
 // ------------------------------------------------------------------------------------ decode with the output product
 // One query row a sequence (Tq = 1): its attention and the output product behind it in one launch, added to the residual
 // stream, y[b] += Wo (attention(q[b]) rounded to T) + bias, as AttentionForwardCached then the output projection's
-// product with beta = 1 give it. CTA (kv head g, segment s, b) of FDO_WARPS warps serves the R = H / KH query heads of kv
-// head g over the whole cache, keys lo .. len - 1 (no split of the keys: every segment's CTA reads the kv head's rows, from
-// L2 after the first, so this is for caches of a few thousand positions at most), then multiplies the R D outputs by the
-// columns of Wo they meet (g R D .. g R D + R D - 1) for the segment's rows s rows .. s rows + rows - 1. Those weights are
-// copied into shared memory (cp.async) before the wait on the kernel in front when `early` is set, so their bytes overlap
-// that kernel's tail and the attention. Attention: warp w takes the chunks of 32 keys w, w + FDO_WARPS, ...; lane j
-// scores key 32 c + j of chunk c against the R heads (q staged as fp32 in the log2 domain), the warp keeps one online
-// softmax per head, the chunk's probabilities pass through the warp's row of shared memory, and each lane accumulates the
-// D / 32 output columns it owns. The warps' states merge in shared memory, the outputs rounded to T. Product: a warp a row
-// of the segment, the lanes over its 16-byte chunks, into part (B, KH, C) as fp32. The last CTA of (s, b) to finish
-// (counters[b gridDim.y + s], left zero for the next launch or graph replay) adds the KH partials in kv-head order (so a
+// product with beta = 1 give it. Grid (segments, KH, B) in thread-block clusters of `ctas` CTAs along x (1 to
+// FDO_MAX_CLUSTER; segments a multiple of it). CTA (segment s, kv head g, b) of FDO_WARPS warps owns output rows
+// s rows .. s rows + rows - 1 and the columns of Wo that kv head g's R = H / KH query heads meet (g R D .. g R D + R D - 1);
+// it copies those weights into shared memory (cp.async) before the wait on the kernel in front when `early` is set, so
+// their bytes overlap that kernel's tail and the attention. A cluster's CTAs attend g's R heads together: rank c takes the
+// c-th of `ctas` equal spans of the keys lo .. len - 1, its warps the span's chunks of 32 keys (warp w: chunks w,
+// w + FDO_WARPS, ...; lane j scores key j of a chunk against the R heads with q staged as fp32 in the log2 domain, an
+// online softmax a head per warp, the chunk's probabilities through the warp's row of shared memory, each lane
+// accumulating the D / 32 output columns it owns, a chunk's keys and values requested before any is used). The warps'
+// states merge into the CTA's (unnormalized outputs, max, sum) in shared memory; across the cluster barrier each CTA reads
+// every rank's state through distributed shared memory and merges them in rank order, so every CTA of the cluster holds
+// the same attention output, rounded to T. (Session 51's form gave each CTA the whole cache: 30-33 us a layer on an H100
+// against 18 for the two ops, its warps issuing about 8,800 instructions each at 8 warps an SM.) Product: a warp a row of
+// the segment, the lanes over its 16-byte chunks, into part (B, KH, C) as fp32. The last CTA of (s, b) to finish
+// (counters[b gridDim.x + s], left zero for the next launch or graph replay) adds the KH partials in kv-head order (so a
 // replay gives the same bits), the bias and y, rounding once. Dynamic shared memory: rows R D values of T, then
-// (R D + FDO_WARPS R 32 + FDO_WARPS R (D + 2) + R D) floats. R at most FDO_MAX_R; R D a multiple of 8; Wo's rows
-// 16-byte aligned (ldo a multiple of 8).
+// (R D + FDO_WARPS R 32 + FDO_WARPS R (D + 2) + R D + R (D + 2) + 1) floats. R at most FDO_MAX_R; R D a multiple of 8;
+// Wo's rows 16-byte aligned (ldo a multiple of 8).
 #define FDO_WARPS 8
 #define FDO_MAX_R 8
+#define FDO_MAX_CLUSTER 8
 
 // N (2 or 4) consecutive 16-bit values kept as raw words (one 4- or 8-byte load, p aligned to it), and as fp32.
 template <int N> struct alignas(2 * N) HalfWords { unsigned w[N / 2]; };
@@ -750,14 +755,17 @@ __device__ void flash_decode_out(const T* q, const T* k, const T* v, const int* 
 {
     constexpr int V = 8, DPL = D / 32;   // T values in 16 bytes; output columns a lane owns
     extern __shared__ unsigned char smem[];
-    const int R = H / KH, g = blockIdx.x, seg = blockIdx.y, b = blockIdx.z;
+    unsigned char* const base = cta_dynamic_shared(smem);   // the CTA's own memory on the emulation's clusters
+    const int R = H / KH, seg = blockIdx.x, g = blockIdx.y, b = blockIdx.z, ctas = (int)cluster_ctas(), rank = (int)cluster_rank();
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int n0 = seg * rows, nrows = min(rows, C - n0), width = R * D, chunks = width / V;
-    T* ws = reinterpret_cast<T*>(smem);                                             // (rows, R D)
-    float* qsm = reinterpret_cast<float*>(smem + (i64)rows * width * sizeof(T));   // (R, D), scaled to the log2 domain
+    const int n0 = seg * rows, nrows = min(rows, C - n0), width = R * D, chunks = width / V;   // nrows <= 0: a pad segment
+    T* ws = reinterpret_cast<T*>(base);                                             // (rows, R D)
+    float* qsm = reinterpret_cast<float*>(base + (i64)rows * width * sizeof(T));   // (R, D), scaled to the log2 domain
     float* psm = qsm + width;                                                       // (FDO_WARPS, R, 32)
     float* red = psm + FDO_WARPS * R * 32;                                          // (FDO_WARPS, R, D + 2)
     float* osm = red + FDO_WARPS * R * (D + 2);                                     // (R, D)
+    float* st = osm + width;                       // (R, D + 2): this CTA's outputs (unnormalized), max, sum; read by the cluster
+    int* last = reinterpret_cast<int*>(st + R * (D + 2));
     auto stage_weights = [&] {
         const T* src = wo + (i64)n0 * ldo + (i64)g * width;
         for (int i = tid; i < nrows * chunks; i += blockDim.x)
@@ -772,8 +780,10 @@ __device__ void flash_decode_out(const T* q, const T* k, const T* v, const int* 
     pdl_launch_dependents();
     if (!early) stage_weights();
 
-    // The cache's valid length is read here, so one launch (and a captured graph) serves every length.
-    const int len = starts ? starts[b] + 1 : S, lo = max(0, len - window);
+    // The cache's valid length is read here, so one launch (and a captured graph) serves every length. This rank's keys:
+    // the c-th of `ctas` equal spans of lo .. len - 1 (empty for the last ranks of a short cache).
+    const int total = starts ? starts[b] + 1 : S, first = max(0, total - window), span = (total - first + ctas - 1) / ctas;
+    const int lo = first + rank * span, len = min(total, lo + span);
     const float sl2 = scale * LOG2E;
     for (int i = tid; i < width; i += blockDim.x)
         qsm[i] = to_f(q[b * qs.b + (i64)(g * R + i / D) * qs.h + i % D]) * sl2;
@@ -880,7 +890,7 @@ __device__ void flash_decode_out(const T* q, const T* k, const T* v, const int* 
         if (lane == 0) { rr[D] = m[r]; rr[D + 1] = lw; }
     }
     __syncthreads();
-    for (int i = tid; i < width; i += blockDim.x)
+    for (int i = tid; i < width; i += blockDim.x)   // the warps' states into the CTA's, unnormalized
     {
         const int r = i / D, d = i % D;
         float M = NEG_INF;
@@ -893,8 +903,43 @@ __device__ void flash_decode_out(const T* q, const T* k, const T* v, const int* 
             L += rr[D + 1] * e;
             o += rr[d] * e;
         }
-        osm[i] = to_f(from_f<T>(o / L));   // the attention output as AttentionForwardCached stores it
+        float* sr = st + r * (D + 2);
+        sr[d] = o;
+        if (d == 0) { sr[D] = M; sr[D + 1] = L; }
     }
+    cluster_arrive();   // release: this CTA's state is visible to the cluster
+    cluster_wait();
+    // Every rank's state, merged in rank order (the same bits in every CTA of the cluster): two columns a thread.
+    for (int i = tid; i < width / 2; i += blockDim.x)
+    {
+        const int r = 2 * i / D, d = 2 * i % D;
+        const float* sr = st + r * (D + 2);
+        float mc[FDO_MAX_CLUSTER], lc[FDO_MAX_CLUSTER], o0[FDO_MAX_CLUSTER], o1[FDO_MAX_CLUSTER];
+#pragma unroll
+        for (int c = 0; c < FDO_MAX_CLUSTER; c++)
+            if (c < ctas)
+            {
+                cluster_load2(sr + D, c, mc[c], lc[c]);
+                cluster_load2(sr + d, c, o0[c], o1[c]);
+            }
+        float M = NEG_INF;
+#pragma unroll
+        for (int c = 0; c < FDO_MAX_CLUSTER; c++)
+            if (c < ctas) M = fmaxf(M, mc[c]);
+        float L = 0.f, a0 = 0.f, a1 = 0.f;
+#pragma unroll
+        for (int c = 0; c < FDO_MAX_CLUSTER; c++)
+            if (c < ctas)
+            {
+                const float e = mc[c] == NEG_INF ? 0.f : exp2f(mc[c] - M);   // a rank without keys adds nothing
+                L += lc[c] * e;
+                a0 += o0[c] * e;
+                a1 += o1[c] * e;
+            }
+        osm[r * D + d] = to_f(from_f<T>(a0 / L));   // the attention output as AttentionForwardCached stores it
+        osm[r * D + d + 1] = to_f(from_f<T>(a1 / L));
+    }
+    cluster_arrive();   // this CTA has read the others' states; it waits before it leaves (below)
     cp_async_wait<0>();
     __syncthreads();
 
@@ -923,13 +968,13 @@ __device__ void flash_decode_out(const T* q, const T* k, const T* v, const int* 
         if (lane == 0) part[((i64)b * KH + g) * C + n0 + r] = sum;
     }
 
-    __shared__ int last;
+    cluster_wait();   // no CTA leaves while another may still read its state
     fence_gpu();   // this CTA's partials are visible before it is counted
     __syncthreads();
-    int* counter = counters + b * gridDim.y + seg;
-    if (tid == 0) last = atomicAdd(counter, 1) == KH - 1;
+    int* counter = counters + b * gridDim.x + seg;
+    if (tid == 0) *last = atomicAdd(counter, 1) == KH - 1;
     __syncthreads();
-    if (!last) return;
+    if (!*last) return;
     fence_gpu();
     for (int r = tid; r < nrows; r += blockDim.x)
     {

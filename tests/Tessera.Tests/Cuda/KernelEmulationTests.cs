@@ -595,8 +595,9 @@ public sealed class KernelEmulationTests
     /// against a double reference (Emulation/flash_decode.cpp: 8e-3 for the bf16 output, 1e-5 for the log-sum-exp). A kernel
     /// that skips the cap fails the capped cases (checked by hand). And the decode attention with the output product behind
     /// it (<c>flash_decode_out_bf16_d64</c> and <c>_d128</c>): y += Wo o + bias against the double reference with o rounded to
-    /// bf16 (8e-3), at 1, 3, 4 and 8 query heads a kv head, a window, segments whose last is short; the weights staged before
-    /// or after the wait give the same bits, the rows' padding stays, the counters are left zero.
+    /// bf16 (8e-3), at 1, 3, 4 and 8 query heads a kv head, a window, segments whose last is short or empty, clusters of 1 to
+    /// 5 CTAs splitting the keys; the weights staged before or after the wait give the same bits, the rows' padding stays, the
+    /// counters are left zero.
     /// </summary>
     [Fact]
     public void SplitDecodeKernelGivesTheReferenceResultsOnTheCpuEmulation() =>
@@ -604,9 +605,10 @@ public sealed class KernelEmulationTests
             ["flash_decode D=256 T=1 window=0 cap=1 splits=4 last CTA merges output", "flash_decode D=256 T=1 window=0 cap=0 splits=4 last CTA merges lse",
              "flash_decode D=256 T=3 window=40 cap=1 splits=3 combine kernel output", "flash_decode D=64 T=1 window=0 cap=1 splits=5 last CTA merges output",
              "flash_decode D=64 T=2 window=0 cap=0 splits=2 combine kernel lse",
-             "flash_decode_out B=2 H=8 K=2 D=64 C=100 rows=16 window=0 bias=1 ", "flash_decode_out B=1 H=4 K=1 D=128 C=72 rows=32 window=50 bias=0 ",
-             "flash_decode_out B=1 H=6 K=2 D=64 C=40 rows=40 window=0 bias=1 ", "flash_decode_out B=1 H=16 K=2 D=64 C=64 rows=64 window=0 bias=0 ",
-             "flash_decode_out B=2 H=8 K=2 D=64 C=100 rows=16 window=0 bias=1: early = late, pads, counters", "all ok"]);
+             "flash_decode_out B=2 H=8 K=2 D=64 C=100 rows=16 window=0 bias=1 ctas=4 ", "flash_decode_out B=1 H=4 K=1 D=128 C=72 rows=32 window=50 bias=0 ctas=3 ",
+             "flash_decode_out B=1 H=6 K=2 D=64 C=40 rows=8 window=0 bias=1 ctas=5 ", "flash_decode_out B=1 H=16 K=2 D=64 C=64 rows=64 window=0 bias=0 ctas=1 ",
+             "flash_decode_out B=1 H=8 K=2 D=64 C=256 rows=32 window=0 bias=0 ctas=2 ",
+             "flash_decode_out B=2 H=8 K=2 D=64 C=100 rows=16 window=0 bias=1 ctas=4: early = late, pads, counters", "all ok"]);
 
     /// <summary>
     /// The FlashAttention backward's first pass with the column sums of dO (flash_attention.cu's

@@ -71,7 +71,7 @@ static void run(int D, int T, int window, float cap, int splits, bool counters)
 // to bf16 (as AttentionForwardCached stores it), then the product and the add in double. The CTA grid is (K, segments of
 // `rows` output rows, B); Wo's and y's rows are padded past their ends (the padding must stay as it was). The kernel's
 // weights copied before or after the wait must give the same bits, and the counters must be left zero.
-static void run_out(int B, int H, int K, int D, int C, int rows, int window, bool bias, const std::vector<int>& starts)
+static void run_out(int B, int H, int K, int D, int C, int rows, int window, bool bias, const std::vector<int>& starts, int ctas)
 {
     const int S = 700, ldo = H * D + 8, ldy = C + 4;
     emu_shared_base = smem;   // cp.async's shared-space addresses are offsets into the kernel's dynamic shared memory
@@ -95,7 +95,8 @@ static void run_out(int B, int H, int K, int D, int C, int rows, int window, boo
             for (int c = 0; c < H * D; c++) sum += (double)to_f(wo[(size_t)n * ldo + c]) * to_f(from_f<bf16>((float)eo[(size_t)b * H * D + c]));
             ey[(size_t)b * C + n] = sum;
         }
-    const int segments = (C + rows - 1) / rows;
+    // The host's rule: the segments in clusters of `ctas` (fewer for a short output), padded to a whole cluster.
+    const int cluster = std::min(ctas, (C + rows - 1) / rows), segments = ((C + rows - 1) / rows + cluster - 1) / cluster * cluster;
     std::vector<float> part((size_t)B * K * C, NAN);
     std::vector<int> count((size_t)B * segments, 0), st(starts);
     Strides3 qs{(i64)H * D, (i64)H * D, D}, ks{(i64)S * K * D, (i64)K * D, D};
@@ -105,7 +106,7 @@ static void run_out(int B, int H, int K, int D, int C, int rows, int window, boo
     {
         std::vector<bf16> y(y0);
         auto launch = [&](auto kernel) {
-            emu_launch(dim3{(unsigned)K, (unsigned)segments, (unsigned)B}, 256, [&] {
+            emu_launch_cluster(dim3{(unsigned)segments, (unsigned)K, (unsigned)B}, (unsigned)cluster, 256, [&] {
                 kernel(q.data(), k.data(), v.data(), st.data(), S, wo.data(), bias ? bv.data() : nullptr, y.data(), part.data(), count.data(),
                        H, K, C, rows, qs, ks, ks, (i64)ldo, (i64)ldy, scale, kernel_window, early);
             });
@@ -121,7 +122,7 @@ static void run_out(int B, int H, int K, int D, int C, int rows, int window, boo
         for (int n = C; n < ldy; n++) pads &= to_f(results[1][(size_t)b * ldy + n]) == to_f(y0[(size_t)b * ldy + n]);
     }
     char name[160];
-    snprintf(name, sizeof name, "flash_decode_out B=%d H=%d K=%d D=%d C=%d rows=%d window=%d bias=%d", B, H, K, D, C, rows, window, bias);
+    snprintf(name, sizeof name, "flash_decode_out B=%d H=%d K=%d D=%d C=%d rows=%d window=%d bias=%d ctas=%d", B, H, K, D, C, rows, window, bias, cluster);
     // bf16 output: a rounding is up to 2^-8 of a value's binade (3.9e-3 of the largest); 8e-3 leaves margin for the f32
     // sums and for attention outputs rounded to bf16 the other way where the f32 and double values straddle a midpoint. A
     // wrong key, head, weight column, row or segment is O(1e-1) or more.
@@ -142,10 +143,13 @@ int main()
     run(256, 3, 40, 1.f, 3, false);   // three queries a sequence, a window of 40, the combine kernel
     run(64, 1, 0, 1.f, 5, true);      // the cap at head size 64 (Gemma 2 shapes narrower than the released ones)
     run(64, 2, 0, 0.f, 2, false);     // the kernel as before: no cap
-    run_out(2, 8, 2, 64, 100, 16, 0, true, {97, 299});   // llama's grouping (4 heads a kv head), 7 segments, the last of 4 rows
-    run_out(1, 4, 1, 128, 72, 32, 50, false, {200});     // heads of 128, one kv head, a window of 50
-    run_out(1, 6, 2, 64, 40, 40, 0, true, {40});         // 3 heads a kv head (24 chunks a row: idle lanes); 41 keys, 6 warps idle
-    run_out(1, 16, 2, 64, 64, 64, 0, false, {600});      // 8 heads a kv head (the most); each warp three chunks of keys
+    // llama's grouping (4 heads a kv head), 7 segments (the last of 4 rows) padded to 8 in clusters of 4, so a segment
+    // without rows still shares its cluster's attention; each rank a quarter of 98 or 300 keys
+    run_out(2, 8, 2, 64, 100, 16, 0, true, {97, 299}, 4);
+    run_out(1, 4, 1, 128, 72, 32, 50, false, {200}, 4);  // heads of 128, one kv head, a window of 50 over a cluster of 3
+    run_out(1, 6, 2, 64, 40, 8, 0, true, {40}, 8);       // 3 heads a kv head (24 chunks a row: idle lanes); 41 keys over a cluster of 5 (9 a rank)
+    run_out(1, 16, 2, 64, 64, 64, 0, false, {600}, 4);   // 8 heads a kv head (the most); one segment: a cluster of 1, each warp three chunks of keys
+    run_out(1, 8, 2, 64, 256, 32, 0, false, {650}, 2);   // clusters of 2, ranks of 326 keys (two chunks for three warps)
     printf("%s\n", failures ? "FAILURES" : "all ok");
     return failures;
 }
