@@ -154,16 +154,19 @@ public sealed unsafe partial class CudaBackend
         var dtype = q.DType;
         int r = h / kh, width = r * d;
         if ((d != 64 && d != 128) || r > DecodeOutMaxHeadsPerKvHead || !FlashLayout([q, keyCache, valueCache])) return false;
+        if (CudaDevice.ComputeCapability.Major < 9) return false;   // thread-block clusters
         if (Math.Min(s, LongestCache) >= FlashDecodeGroupMinKeys) return false;   // each cluster reads the whole cache
         if (outputWeight.Rank != 2 || outputWeight.DType != dtype || outputWeight.Size(1) != h * d || outputWeight.Stride(1) != 1
             || outputWeight.Stride(0) % 8 != 0 || Ptr(outputWeight) % 16 != 0) return false;
         int c = outputWeight.Size(0);
         if (target.Rank != 2 || target.Size(0) != b || target.Size(1) != c || target.DType != dtype || target.Stride(1) != 1
             || !BiasFits(outputBias, dtype, c) || b == 0 || c == 0) return false;
-        // Output rows a CTA: kh x b x segments CTAs about one wave, rows a multiple of the warps, shrunk until the CTA's
-        // slice of the weight and its attention state fit shared memory (less 1 KB for the kernel's static shared memory);
-        // the segments in clusters of DecodeOutClusterCtas (fewer for a short output), padded to a whole cluster.
-        int segments = Math.Max(1, (CudaDevice.MultiprocessorCount + kh * b - 1) / (kh * b));
+        // Output rows a CTA: kh x b x segments CTAs at most about one wave (the segments a whole number of clusters of
+        // DecodeOutClusterCtas, fewer for a short output), rows a multiple of the warps, shrunk until the CTA's slice of the
+        // weight and its attention state fit shared memory (less 1 KB for the kernel's static shared memory); the segments
+        // then padded to a whole cluster.
+        int segments = Math.Max(1, CudaDevice.MultiprocessorCount / (kh * b));
+        segments = Math.Max(1, segments / Math.Min(DecodeOutClusterCtas, segments) * Math.Min(DecodeOutClusterCtas, segments));
         int rows = ((c + segments - 1) / segments + DecodeOutWarps - 1) / DecodeOutWarps * DecodeOutWarps;
         long state = (2L * width + DecodeOutWarps * r * 32 + (long)(DecodeOutWarps + 1) * r * (d + 2) + 4) * sizeof(float);
         long limit = CudaDevice.MaxSharedMemoryPerBlockOptIn - 1024;

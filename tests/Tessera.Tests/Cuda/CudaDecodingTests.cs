@@ -513,6 +513,23 @@ public sealed class CudaDecodingTests(CudaFixture fixture) : CudaTestBase(fixtur
         new FusedAttentionOutputCase(this, DType.BF16, 16, 4, 64, 1024, 1024, 0, true, [100, 1000]).AssertMatches(fused);
     }
 
+    /// <summary>
+    /// Short outputs, where the backend's rule gives clusters of fewer CTAs than 4 or pads the segments to a whole cluster
+    /// (8 query heads over 2 kv heads, one sequence, rows of 8: 8 output rows in one segment, a cluster of 1; 16 in 2; 24 in
+    /// 3; 40 in 5 segments padded to 8, whose 3 pad segments hold no rows but share their cluster's attention) over 3 keys,
+    /// so a cluster of 4 has a rank without keys: each against the two ops (1e-2, as above).
+    /// </summary>
+    [Theory]
+    [InlineData(8)]
+    [InlineData(16)]
+    [InlineData(24)]
+    [InlineData(40)]
+    public void FusedDecodeAttentionOutputServesShortOutputsInSmallOrPaddedClusters(int c)
+    {
+        using var fused = new Tessera.Cuda.CudaBackend(Gpu.CudaDevice.Ordinal, Gpu.Options with { FusedDecodeAttentionOutput = true });
+        new FusedAttentionOutputCase(this, DType.BF16, 8, 2, 64, c, 600, 0, true, [2]).AssertMatches(fused);
+    }
+
     /// <summary>Random inputs of the fused attention output, the two ops' result on the fixture's backend, and the fused op
     /// on another backend checked against it.</summary>
     private sealed class FusedAttentionOutputCase

@@ -596,7 +596,7 @@ public sealed class KernelEmulationTests
     /// that skips the cap fails the capped cases (checked by hand). And the decode attention with the output product behind
     /// it (<c>flash_decode_out_bf16_d64</c> and <c>_d128</c>): y += Wo o + bias against the double reference with o rounded to
     /// bf16 (8e-3), at 1, 3, 4 and 8 query heads a kv head, a window, segments whose last is short or empty, clusters of 1 to
-    /// 5 CTAs splitting the keys; the weights staged before or after the wait give the same bits, the rows' padding stays, the
+    /// 5 CTAs splitting the keys, a rank without keys; the weights staged before or after the wait give the same bits, the rows' padding stays, the
     /// counters are left zero.
     /// </summary>
     [Fact]
@@ -608,6 +608,7 @@ public sealed class KernelEmulationTests
              "flash_decode_out B=2 H=8 K=2 D=64 C=100 rows=16 window=0 bias=1 ctas=4 ", "flash_decode_out B=1 H=4 K=1 D=128 C=72 rows=32 window=50 bias=0 ctas=3 ",
              "flash_decode_out B=1 H=6 K=2 D=64 C=40 rows=8 window=0 bias=1 ctas=5 ", "flash_decode_out B=1 H=16 K=2 D=64 C=64 rows=64 window=0 bias=0 ctas=1 ",
              "flash_decode_out B=1 H=8 K=2 D=64 C=256 rows=32 window=0 bias=0 ctas=2 ",
+             "flash_decode_out B=1 H=8 K=2 D=64 C=40 rows=8 window=0 bias=0 ctas=4 ",
              "flash_decode_out B=2 H=8 K=2 D=64 C=100 rows=16 window=0 bias=1 ctas=4: early = late, pads, counters", "all ok"]);
 
     /// <summary>

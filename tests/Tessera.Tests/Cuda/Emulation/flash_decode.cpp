@@ -68,8 +68,9 @@ static void run(int D, int T, int window, float cap, int splits, bool counters)
 
 // The decode attention with the output product behind it (flash_decode_out, bf16): y (B, ldy) += Wo (C, H D) o + bias for
 // one query a sequence at device-side positions, against a double reference: the attention of reference_attention rounded
-// to bf16 (as AttentionForwardCached stores it), then the product and the add in double. The CTA grid is (K, segments of
-// `rows` output rows, B); Wo's and y's rows are padded past their ends (the padding must stay as it was). The kernel's
+// to bf16 (as AttentionForwardCached stores it), then the product and the add in double. The CTA grid is (segments of
+// `rows` output rows, K, B) in clusters along the segments; Wo's and y's rows are padded past their ends (the padding must
+// stay as it was). The kernel's
 // weights copied before or after the wait must give the same bits, and the counters must be left zero.
 static void run_out(int B, int H, int K, int D, int C, int rows, int window, bool bias, const std::vector<int>& starts, int ctas)
 {
@@ -150,6 +151,7 @@ int main()
     run_out(1, 6, 2, 64, 40, 8, 0, true, {40}, 8);       // 3 heads a kv head (24 chunks a row: idle lanes); 41 keys over a cluster of 5 (9 a rank)
     run_out(1, 16, 2, 64, 64, 64, 0, false, {600}, 4);   // 8 heads a kv head (the most); one segment: a cluster of 1, each warp three chunks of keys
     run_out(1, 8, 2, 64, 256, 32, 0, false, {650}, 2);   // clusters of 2, ranks of 326 keys (two chunks for three warps)
+    run_out(1, 8, 2, 64, 40, 8, 0, false, {2}, 4);       // 3 keys over a cluster of 4: the last rank has none; 3 pad segments
     printf("%s\n", failures ? "FAILURES" : "all ok");
     return failures;
 }
