@@ -166,7 +166,8 @@ public sealed unsafe partial class CudaBackend
         // weight and its attention state fit shared memory (less 1 KB for the kernel's static shared memory); the segments
         // then padded to a whole cluster.
         int segments = Math.Max(1, CudaDevice.MultiprocessorCount / (kh * b));
-        segments = Math.Max(1, segments / Math.Min(DecodeOutClusterCtas, segments) * Math.Min(DecodeOutClusterCtas, segments));
+        int cluster = Math.Min(DecodeOutClusterCtas, segments);
+        segments = segments / cluster * cluster;
         int rows = ((c + segments - 1) / segments + DecodeOutWarps - 1) / DecodeOutWarps * DecodeOutWarps;
         long state = (2L * width + DecodeOutWarps * r * 32 + (long)(DecodeOutWarps + 1) * r * (d + 2) + 4) * sizeof(float);
         long limit = CudaDevice.MaxSharedMemoryPerBlockOptIn - 1024;
@@ -174,7 +175,7 @@ public sealed unsafe partial class CudaBackend
         long shared = (long)rows * width * dtype.SizeInBytes() + state;
         if (shared > limit) return false;
         segments = (c + rows - 1) / rows;
-        int cluster = Math.Min(DecodeOutClusterCtas, segments);
+        cluster = Math.Min(DecodeOutClusterCtas, segments);
         segments = (segments + cluster - 1) / cluster * cluster;
         // The segments' counters are the decode attention's (zero at rest, every launch leaves them zero, and the kernels
         // that use them run in stream order); 0 while a recording would need more of them: the caller runs the two ops.

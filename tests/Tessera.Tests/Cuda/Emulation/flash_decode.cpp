@@ -96,7 +96,8 @@ static void run_out(int B, int H, int K, int D, int C, int rows, int window, boo
             for (int c = 0; c < H * D; c++) sum += (double)to_f(wo[(size_t)n * ldo + c]) * to_f(from_f<bf16>((float)eo[(size_t)b * H * D + c]));
             ey[(size_t)b * C + n] = sum;
         }
-    // The host's rule: the segments in clusters of `ctas` (fewer for a short output), padded to a whole cluster.
+    // As the host pads them once it knows the rows: the segments in clusters of `ctas` (fewer for a short output), padded
+    // to a whole cluster.
     const int cluster = std::min(ctas, (C + rows - 1) / rows), segments = ((C + rows - 1) / rows + cluster - 1) / cluster * cluster;
     std::vector<float> part((size_t)B * K * C, NAN);
     std::vector<int> count((size_t)B * segments, 0), st(starts);
