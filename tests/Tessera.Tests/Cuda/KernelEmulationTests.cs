@@ -10,8 +10,9 @@ namespace Tessera.Tests.Cuda;
 /// <summary>
 /// Kernels run without a GPU: the embedded sources (common.cuh, elementwise.cu, norm.cu, rope.cu, reduce.cu, softmax.cu, paged_attention.cu, moe.cu,
 /// adamw.cu, decode_gemm.cu, gemv.cu, quantized.cu, and with hopper.cuh decode_gemm_hopper.cu and flash_attention_hopper.cu, exactly as NVRTC gets them) compiled
-/// as C++ for the host against a CPU emulation of the CUDA execution model (Emulation/cuda_emulation.h: a std::thread per
-/// CUDA thread, barriers for __syncthreads and the warp shuffles, blocks in turn), then Emulation/row_kernels.cpp runs the
+/// as C++ for the host against a CPU emulation of the CUDA execution model (Emulation/cuda_emulation.h: a fiber per
+/// CUDA thread on one OS thread, barriers for __syncthreads and the warp shuffles, blocks in turn; a barrier some threads never
+/// reach aborts the program with the count), then Emulation/row_kernels.cpp runs the
 /// f32 instantiations of the SwiGLU row kernels, the row-in-registers RMSNorm kernels (and both RMSNorm kernels with Gemma's unit
 /// offset and the accumulate of AccumulateRmsNorm), the head norms with RoPE and the append (norm_rope_append_rows, against a double
 /// reference and bit for bit against the norm kernel on each head then rope_append_rows), RoPE from a table, RoPE with the KV append to a paged pool (rope_append, and rope_append_rows giving its bits; with LongRoPE's long table past its length and the short one at it, and with partial rotary), the column sums of the norms' gradient partials, the LayerNorm backward's warp and block kernels with the column sums of dx, the fused cross-entropy with its row staged, and its cluster form (a row shared by the CTAs of a thread-block cluster, the clusters walking the rows; emulated with the cluster's CTAs run together) against double references (its
@@ -709,7 +710,7 @@ public sealed class KernelEmulationTests
 
     private static string Tail(string text, int lines) => string.Join('\n', text.Split('\n').TakeLast(lines));
 
-    /// <summary>g++ or clang++ on PATH (a C++20 compiler with std::barrier), else null.</summary>
+    /// <summary>g++ or clang++ on PATH (a C++20 compiler), else null.</summary>
     private static string? FindCompiler()
     {
         foreach (var name in new[] { "g++", "clang++" })

@@ -1,8 +1,10 @@
 // A CPU emulation of the CUDA execution model, to check the logic of Tessera's kernels where there is no GPU (see
-// KernelEmulationTests.cs): each thread of a block is a std::thread, __syncthreads() a barrier of the block, warp shuffles
-// an exchange through memory between two barriers of the warp; blocks run one after another, so a __shared__ variable
-// (made static) is the block's shared memory. Inline PTX is compiled away (asm(...) expands to nothing), so only code
-// that takes no asm path gives meaningful results: the f32 instantiations (the bf16/f16 conversions and stores use PTX).
+// KernelEmulationTests.cs): each thread of a block is a fiber on the calling OS thread (its own stack; switched only where a
+// CUDA thread could wait, by a few instructions on x86-64, else by swapcontext), __syncthreads() a barrier of the block, warp
+// shuffles an exchange through memory between two barriers of the warp; a barrier that some threads never reach aborts with
+// the count. Blocks run one after another, so a __shared__ variable (made static) is the block's shared memory. Inline PTX
+// is compiled away (asm(...) expands to nothing), so only code that takes no asm path gives meaningful results: the f32
+// instantiations (the bf16/f16 conversions and stores use PTX).
 // `extern __shared__` arrays are declared extern by the test and defined by the check program. The tensor-core helpers of
 // common.cuh (cp.async, ldmatrix, mma.sync m16n8k16) have warp-collective stand-ins below with the PTX's fragment layouts,
 // so a kernel built on them runs here too (bf16 only: the f16 conversions are PTX), and so does wgmma m64nNk16 with A from
@@ -17,7 +19,6 @@
 // own memory, which cluster_load2 reads across CTAs.
 #include <algorithm>
 #include <atomic>
-#include <barrier>
 #include <optional>
 #include <cmath>
 #include <cstring>
@@ -27,12 +28,16 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <sys/mman.h>
+#include <ucontext.h>
 #include <vector>
 #include <cstdio>
 #include <cstdlib>
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
 struct alignas(8) uint2 { unsigned x, y; };   // CUDA's vector type (adamw.cu stores four 16-bit copies as one)
-inline thread_local dim3 threadIdx, blockIdx;
+// The emulated threads' own variables are plain globals that the scheduler swaps with each fiber's copy as it switches
+// to it and back (EmuFiberLocals, at the end of this file, lists them).
+inline dim3 threadIdx, blockIdx;
 inline dim3 blockDim, gridDim;
 #define __global__
 #define __device__
@@ -49,18 +54,190 @@ inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); r
 inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
 inline int __float_as_int(float f) { int u; std::memcpy(&u, &f, 4); return u; }
 inline float __int_as_float(int u) { float f; std::memcpy(&f, &u, 4); return f; }
+// ---- fibers: the emulated threads of one block (or cluster) on the calling OS thread
+struct EmuFiberLocals;
+inline EmuFiberLocals* emu_new_locals();
+inline void emu_delete_locals(EmuFiberLocals* locals);
+inline void emu_swap_locals(EmuFiberLocals* locals);
+// A switch between fibers saves the callee-saved registers on the stack it leaves and loads them from the one it enters
+// (x86-64 System V: rbx, rbp, r12-r15; the stack pointer is kept in the fiber), with no system call; elsewhere ucontext's
+// swapcontext does it (and where EMU_FIBER_UCONTEXT is defined, to check that path).
+#if defined(__x86_64__) && defined(__ELF__) && !defined(EMU_FIBER_UCONTEXT)
+#define EMU_FIBER_ASM 1
+extern "C" void emu_switch_stack(void** save, void* load);
+__asm__(R"(
+    .text
+    .globl emu_switch_stack
+    .type emu_switch_stack, @function
+emu_switch_stack:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size emu_switch_stack, .-emu_switch_stack
+)");
+#endif
+struct EmuFiber
+{
+#ifdef EMU_FIBER_ASM
+    void* sp = nullptr;
+#else
+    ucontext_t context;
+#endif
+    std::function<void()> body;
+    EmuFiberLocals* locals = nullptr;
+    bool done = false;
+    const unsigned long long* wait_on = nullptr;   // blocked while *wait_on == wait_while
+    unsigned long long wait_while = 0;
+};
+#ifdef EMU_FIBER_ASM
+inline void* emu_scheduler_sp = nullptr;
+#else
+inline ucontext_t emu_scheduler_context;
+#endif
+inline EmuFiber* emu_self = nullptr;
+// Stacks of 1 MB (pages committed only as touched), each above a guard page, kept for the program's life and reused.
+constexpr size_t EMU_STACK_BYTES = 1 << 20, EMU_GUARD_BYTES = 1 << 16;
+inline std::vector<char*> emu_stacks;
+inline char* emu_stack(size_t i)
+{
+    while (emu_stacks.size() <= i)
+    {
+        void* p = mmap(nullptr, EMU_STACK_BYTES + EMU_GUARD_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (p == MAP_FAILED) { std::fprintf(stderr, "emulation: no memory for %zu thread stacks\n", i + 1); std::abort(); }
+        mprotect(p, EMU_GUARD_BYTES, PROT_NONE);
+        emu_stacks.push_back((char*)p + EMU_GUARD_BYTES);
+    }
+    return emu_stacks[i];
+}
+// Back to the scheduler; the fiber runs on when it is picked again (at once, unless it waits on a barrier's phase).
+inline void emu_yield()
+{
+    if (!emu_self) { std::fprintf(stderr, "emulation: a thread's wait outside a launch\n"); std::abort(); }
+#ifdef EMU_FIBER_ASM
+    emu_switch_stack(&emu_self->sp, emu_scheduler_sp);
+#else
+    swapcontext(&emu_self->context, &emu_scheduler_context);
+#endif
+}
+inline void emu_fiber_entry()
+{
+    emu_self->body();
+    emu_self->done = true;
+#ifdef EMU_FIBER_ASM
+    emu_yield();   // never resumed
+    std::abort();
+#endif
+}   // (ucontext: returning resumes the scheduler, the fiber's uc_link)
+// A new fiber on stack `stack`: its first resumption starts emu_fiber_entry.
+inline void emu_fiber_start(EmuFiber& f, char* stack)
+{
+#ifdef EMU_FIBER_ASM
+    // emu_switch_stack's epilogue pops six registers and returns: to emu_fiber_entry, whose frame then looks called (the stack
+    // pointer 8 past a 16-byte boundary) with a zero return address above it.
+    void** top = (void**)(stack + EMU_STACK_BYTES);
+    *--top = nullptr;
+    *--top = (void*)&emu_fiber_entry;
+    for (int r = 0; r < 6; r++) *--top = nullptr;
+    f.sp = top;
+#else
+    getcontext(&f.context);
+    f.context.uc_stack.ss_sp = stack;
+    f.context.uc_stack.ss_size = EMU_STACK_BYTES;
+    f.context.uc_link = &emu_scheduler_context;
+    makecontext(&f.context, emu_fiber_entry, 0);
+#endif
+}
+inline void emu_resume(EmuFiber& f)
+{
+#ifdef EMU_FIBER_ASM
+    emu_switch_stack(&emu_scheduler_sp, f.sp);
+#else
+    swapcontext(&emu_scheduler_context, &f.context);
+#endif
+}
+// Runs thread(t) for t < count, each on a fiber of its own, until all return. The scheduler walks the fibers in turn, forward
+// and backward on alternate passes, and resumes each that is not waiting; a pass that finds every unfinished fiber waiting
+// on a barrier no fiber can complete is a deadlock, which aborts.
+template <typename F> void emu_run_threads(unsigned count, F thread)
+{
+    std::vector<EmuFiber> fibers(count);
+    for (unsigned t = 0; t < count; t++)
+    {
+        EmuFiber& f = fibers[t];
+        f.body = [&thread, t] { thread(t); };
+        f.locals = emu_new_locals();
+        emu_fiber_start(f, emu_stack(t));
+    }
+    size_t left = count;
+    for (bool forward = true; left > 0; forward = !forward)
+    {
+        bool ran = false;
+        for (unsigned k = 0; k < count; k++)
+        {
+            EmuFiber& f = fibers[forward ? k : count - 1 - k];
+            if (f.done || (f.wait_on && *f.wait_on == f.wait_while)) continue;
+            ran = true;
+            f.wait_on = nullptr;
+            emu_self = &f;
+            emu_swap_locals(f.locals);
+            emu_resume(f);
+            emu_swap_locals(f.locals);
+            emu_self = nullptr;
+            if (f.done) left--;
+        }
+        if (!ran) { std::fprintf(stderr, "emulation: deadlock: %zu of %u threads wait at barriers that the others never reach\n", left, count); std::abort(); }
+    }
+    for (auto& f : fibers) emu_delete_locals(f.locals);
+}
+// A barrier of `expected` threads (a block, a warp, a warpgroup, a cluster): arrive returns the phase arrived in, and wait
+// returns once that phase has completed.
+struct EmuThreadBarrier { unsigned expected = 0, arrived = 0; unsigned long long phase = 0; };
+inline unsigned long long emu_arrive(EmuThreadBarrier& b)
+{
+    const unsigned long long phase = b.phase;
+    if (++b.arrived == b.expected) { b.arrived = 0; b.phase++; }
+    return phase;
+}
+inline void emu_wait(EmuThreadBarrier& b, unsigned long long phase)
+{
+    while (b.phase == phase)
+    {
+        emu_self->wait_on = &b.phase;
+        emu_self->wait_while = phase;
+        emu_yield();
+    }
+}
+inline void emu_arrive_and_wait(EmuThreadBarrier& b) { emu_wait(b, emu_arrive(b)); }
+
 struct EmuBlock
 {
-    std::unique_ptr<std::barrier<>> block;
-    std::vector<std::unique_ptr<std::barrier<>>> warps;
-    std::vector<std::unique_ptr<std::barrier<>>> warpgroups;   // 128 threads each, where the block is whole warpgroups
+    EmuThreadBarrier block;
+    std::vector<EmuThreadBarrier> warps;
+    std::vector<EmuThreadBarrier> warpgroups;   // 128 threads each, where the block is whole warpgroups
     std::vector<double> slots;
     std::vector<unsigned> words;   // 8 a lane: the operands of a warp-collective ldmatrix or mma
-    std::vector<float> shared = std::vector<float>(65536);   // this CTA's own shared floats (256 KB) in a cluster
+    std::vector<float> shared_floats;   // this CTA's own shared floats (256 KB, zeroed when first asked for): emu_own_shared
 };
-inline thread_local EmuBlock* g_block;
-inline void __syncthreads() { g_block->block->arrive_and_wait(); }
-inline void __syncwarp(unsigned = 0xffffffffu) { g_block->warps[threadIdx.x / 32]->arrive_and_wait(); }
+inline float* emu_own_shared(EmuBlock& b)
+{
+    if (b.shared_floats.empty()) b.shared_floats.assign(65536, 0.f);
+    return b.shared_floats.data();
+}
+inline EmuBlock* g_block;
+inline void __syncthreads() { emu_arrive_and_wait(g_block->block); }
+inline void __syncwarp(unsigned = 0xffffffffu) { emu_arrive_and_wait(g_block->warps[threadIdx.x / 32]); }
 inline void __threadfence() {}
 template <typename T> T emu_shfl(T v, int src_lane_fn(int, int), int arg)
 {
@@ -68,10 +245,10 @@ template <typename T> T emu_shfl(T v, int src_lane_fn(int, int), int arg)
     double* slot = g_block->slots.data() + warp * 32;
     static_assert(sizeof(T) <= sizeof(double), "a shuffled value fits a slot");
     std::memcpy(&slot[lane], &v, sizeof(T));   // the bits, so 64-bit integers pass exactly
-    g_block->warps[warp]->arrive_and_wait();
+    emu_arrive_and_wait(g_block->warps[warp]);
     T r;
     std::memcpy(&r, &slot[src_lane_fn(lane, arg)], sizeof(T));
-    g_block->warps[warp]->arrive_and_wait();
+    emu_arrive_and_wait(g_block->warps[warp]);
     return r;
 }
 inline int xor_lane(int lane, int o) { return lane ^ o; }
@@ -88,10 +265,10 @@ inline unsigned __ballot_sync(unsigned, int predicate)
     int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     double* slot = g_block->slots.data() + warp * 32;
     slot[lane] = predicate ? 1.0 : 0.0;
-    g_block->warps[warp]->arrive_and_wait();
+    emu_arrive_and_wait(g_block->warps[warp]);
     unsigned mask = 0;
     for (int l = 0; l < 32; l++) if (slot[l] != 0.0) mask |= 1u << l;
-    g_block->warps[warp]->arrive_and_wait();
+    emu_arrive_and_wait(g_block->warps[warp]);
     return mask;
 }
 inline int __ffs(int x) { return __builtin_ffs(x); }
@@ -104,7 +281,7 @@ inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s)
     for (int i = 0; i < 4; i++) r |= (unsigned)((both >> (8 * ((s >> (4 * i)) & 7))) & 0xFFu) << (8 * i);
     return r;
 }
-// Atomics under one lock: a block's threads are std::threads running at once.
+// Atomics under one lock (the fibers of a launch share one OS thread, but a check program may run launches on several).
 inline std::mutex& emu_atomic_lock() { static std::mutex m; return m; }
 inline float atomicAdd(float* p, float v) { std::lock_guard<std::mutex> g(emu_atomic_lock()); float o = *p; *p += v; return o; }
 inline int atomicAdd(int* p, int v) { std::lock_guard<std::mutex> g(emu_atomic_lock()); int o = *p; *p += v; return o; }
@@ -121,10 +298,9 @@ inline long long min(long long a, long long b) { return a < b ? a : b; }
 // Runs kernel(args...) on a grid of `grid` blocks (x, y, z) of `block` threads, the blocks in turn.
 inline void emu_init_block(EmuBlock& eb, unsigned block)
 {
-    eb.block = std::make_unique<std::barrier<>>(block);
-    for (unsigned w = 0; w < (block + 31) / 32; w++) eb.warps.push_back(std::make_unique<std::barrier<>>(32));
-    if (block % 128 == 0)
-        for (unsigned w = 0; w < block / 128; w++) eb.warpgroups.push_back(std::make_unique<std::barrier<>>(128));
+    eb.block.expected = block;
+    eb.warps.assign((block + 31) / 32, EmuThreadBarrier{32});
+    if (block % 128 == 0) eb.warpgroups.assign(block / 128, EmuThreadBarrier{128});
     eb.slots.assign(((block + 31) / 32) * 32, 0.0);
     eb.words.assign(((block + 31) / 32) * 32 * 8, 0u);
 }
@@ -135,10 +311,7 @@ template <typename F> void emu_launch(dim3 grid, unsigned block, F kernel)
     {
         EmuBlock eb;
         emu_init_block(eb, block);
-        std::vector<std::thread> threads;
-        for (unsigned t = 0; t < block; t++)
-            threads.emplace_back([=, &eb] { g_block = &eb; threadIdx.x = t; blockIdx.x = b % grid.x; blockIdx.y = b / grid.x % grid.y; blockIdx.z = b / (grid.x * grid.y); kernel(); });
-        for (auto& th : threads) th.join();
+        emu_run_threads(block, [&](unsigned t) { g_block = &eb; threadIdx.x = t; blockIdx.x = b % grid.x; blockIdx.y = b / grid.x % grid.y; blockIdx.z = b / (grid.x * grid.y); kernel(); });
     }
 }
 template <typename F> void emu_launch(unsigned grid, unsigned block, F kernel) { emu_launch(dim3{grid, 1, 1}, block, kernel); }
@@ -147,34 +320,35 @@ template <typename F> void emu_launch(unsigned grid, unsigned block, F kernel) {
 struct EmuCluster
 {
     std::vector<EmuBlock> blocks;
-    std::unique_ptr<std::barrier<>> barrier;   // every thread of every CTA of the cluster
+    EmuThreadBarrier barrier;   // every thread of every CTA of the cluster
 };
-inline thread_local EmuCluster* g_cluster;
-inline thread_local unsigned char* emu_cta_shared = nullptr;   // in a cluster: the CTA's own memory as its dynamic shared memory
-inline thread_local unsigned g_cluster_rank;
-inline thread_local std::optional<std::barrier<>::arrival_token> g_cluster_token;
+inline EmuCluster* g_cluster;
+inline unsigned char* emu_cta_shared = nullptr;   // in a cluster: the CTA's own memory as its dynamic shared memory
+inline unsigned g_cluster_rank;
+inline std::optional<unsigned long long> g_cluster_token;
 inline unsigned emu_cluster_rank() { return g_cluster_rank; }
 inline unsigned emu_cluster_ctas() { return (unsigned)g_cluster->blocks.size(); }
-inline void emu_cluster_arrive() { g_cluster_token.emplace(g_cluster->barrier->arrive()); }
-inline void emu_cluster_wait() { g_cluster->barrier->wait(std::move(*g_cluster_token)); g_cluster_token.reset(); }
+inline void emu_cluster_arrive() { g_cluster_token.emplace(emu_arrive(g_cluster->barrier)); }
+inline void emu_cluster_wait() { emu_wait(g_cluster->barrier, *g_cluster_token); g_cluster_token.reset(); }
 inline float* emu_block_shared_floats(int n)
 {
-    if ((size_t)n > g_block->shared.size()) { fprintf(stderr, "emulation: %d shared floats asked, %zu held\n", n, g_block->shared.size()); std::abort(); }
-    return g_block->shared.data();
+    float* own = emu_own_shared(*g_block);
+    if ((size_t)n > g_block->shared_floats.size()) { fprintf(stderr, "emulation: %d shared floats asked, %zu held\n", n, g_block->shared_floats.size()); std::abort(); }
+    return own;
 }
 // The two floats at `local`'s offset in CTA `rank`'s shared floats.
 inline void emu_cluster_load2(const float* local, unsigned rank, float& a, float& b)
 {
-    const size_t at = (size_t)(local - g_block->shared.data());
-    const float* remote = g_cluster->blocks[rank].shared.data() + at;
+    const size_t at = (size_t)(local - emu_own_shared(*g_block));
+    const float* remote = emu_own_shared(g_cluster->blocks[rank]) + at;
     a = remote[0]; b = remote[1];
 }
 // The 64-bit word at `local`'s offset in CTA `rank`'s shared memory (a shared::cluster load).
 inline unsigned long long emu_cluster_load_u64(const unsigned long long* local, unsigned rank)
 {
-    const size_t at = (size_t)((const unsigned char*)local - (const unsigned char*)g_block->shared.data());
+    const size_t at = (size_t)((const unsigned char*)local - (const unsigned char*)emu_own_shared(*g_block));
     unsigned long long v;
-    std::memcpy(&v, (const unsigned char*)g_cluster->blocks[rank].shared.data() + at, 8);
+    std::memcpy(&v, (const unsigned char*)emu_own_shared(g_cluster->blocks[rank]) + at, 8);
     return v;
 }
 // A grid (x, y, z) of clusters of `ctas` CTAs along x (grid.x a multiple of it).
@@ -188,19 +362,16 @@ template <typename F> void emu_launch_cluster(dim3 grid, unsigned ctas, unsigned
         {
             EmuCluster cluster;
             cluster.blocks.resize(ctas);
-            for (auto& eb : cluster.blocks) emu_init_block(eb, block);
-            cluster.barrier = std::make_unique<std::barrier<>>(ctas * block);
-            std::vector<std::thread> threads;
-            for (unsigned r = 0; r < ctas; r++)
-                for (unsigned t = 0; t < block; t++)
-                    threads.emplace_back([=, &cluster]
-                    {
-                        g_cluster = &cluster; g_cluster_rank = r; g_block = &cluster.blocks[r];
-                        emu_cta_shared = (unsigned char*)g_block->shared.data();
-                        threadIdx.x = t; blockIdx.x = c * ctas + r; blockIdx.y = cy; blockIdx.z = cz;
-                        kernel();
-                    });
-            for (auto& th : threads) th.join();
+            for (auto& eb : cluster.blocks) { emu_init_block(eb, block); emu_own_shared(eb); }
+            cluster.barrier.expected = ctas * block;
+            emu_run_threads(ctas * block, [&](unsigned i)
+            {
+                const unsigned r = i / block, t = i % block;
+                g_cluster = &cluster; g_cluster_rank = r; g_block = &cluster.blocks[r];
+                emu_cta_shared = (unsigned char*)emu_own_shared(*g_block);
+                threadIdx.x = t; blockIdx.x = c * ctas + r; blockIdx.y = cy; blockIdx.z = cz;
+                kernel();
+            });
         }
 }
 template <typename F> void emu_launch_cluster(unsigned grid, unsigned ctas, unsigned block, F kernel) { emu_launch_cluster(dim3{grid, 1, 1}, ctas, block, kernel); }
@@ -348,7 +519,7 @@ inline unsigned char* emu_cta_memory(unsigned rank)
         return emu_shared();
     }
     if (rank >= g_cluster->blocks.size()) { std::fprintf(stderr, "emulation: CTA %u of a cluster of %zu\n", rank, g_cluster->blocks.size()); std::abort(); }
-    return (unsigned char*)g_cluster->blocks[rank].shared.data();
+    return (unsigned char*)emu_own_shared(g_cluster->blocks[rank]);
 }
 // mbarrier.arrive.shared::cluster on the barrier at the same address in CTA `rank`.
 inline void emu_mbar_arrive_remote(unsigned bar, unsigned rank)
@@ -375,7 +546,7 @@ inline void emu_mbar_wait(unsigned bar, unsigned parity)
             std::fprintf(stderr, "mbarrier at %u: phase %u never completed (a copy or an arrival missing)\n", bar, parity);
             std::abort();
         }
-        std::this_thread::yield();
+        emu_yield();
     }
 }
 // The emulation's tensor map (written by emu_tensor_map_2d into a TensorMap's 128 bytes): a 2-D row-major tensor of
@@ -462,8 +633,8 @@ inline void emu_tma_load_2d_multicast(unsigned dst, const void* map_bytes, int c
 // a wait retires the group: the latest moment the hardware may read it, so a buffer rewritten too early shows.
 inline void emu_tma_store_2d_now(const void* map_bytes, int c0, int c1, unsigned src, unsigned char* shared);
 struct EmuPendingStore { unsigned char map[128]; int c0, c1; unsigned src; unsigned char* shared; };
-inline thread_local std::vector<EmuPendingStore> emu_open_group;
-inline thread_local std::vector<std::vector<EmuPendingStore>> emu_bulk_groups;
+inline std::vector<EmuPendingStore> emu_open_group;
+inline std::vector<std::vector<EmuPendingStore>> emu_bulk_groups;
 inline void emu_tma_store_2d(const void* map_bytes, int c0, int c1, unsigned src)
 {
     EmuPendingStore p; std::memcpy(p.map, map_bytes, 128); p.c0 = c0; p.c1 = c1; p.src = src; p.shared = emu_shared();
@@ -529,7 +700,7 @@ inline void emu_red_add2(float* dst, float a, float b)
     std::atomic_ref<float>(dst[1]).fetch_add(b);
 }
 inline unsigned* emu_warp_words() { return g_block->words.data() + (threadIdx.x / 32) * 32 * 8; }
-inline void emu_warp_sync() { g_block->warps[threadIdx.x / 32]->arrive_and_wait(); }
+inline void emu_warp_sync() { emu_arrive_and_wait(g_block->warps[threadIdx.x / 32]); }
 // ldmatrix.m8n8.x4 (.trans): lanes 8i..8i+7 give the row addresses of matrix i; lane l receives, for each matrix, the
 // 16-bit pair (row l/4, columns 2(l%4), 2(l%4)+1), or with trans (rows 2(l%4), 2(l%4)+1, column l/4), the lower index in
 // the low half.
@@ -595,7 +766,7 @@ inline void emu_mma_m16n8k16(float* c, const unsigned* a, unsigned b0, unsigned 
 // leading + (k / 8) stride + (k % 8) 128 + 2 (mn % 64); the 128-byte swizzle stores it at that address with bits [4,7)
 // XORed by bits [7,10). D: register 4j + e holds row 16w + g + 8 (e >> 1), column 8j + 2c + (e & 1); accumulate false
 // overwrites it.
-inline void emu_warpgroup_sync() { g_block->warpgroups[threadIdx.x / 128]->arrive_and_wait(); }
+inline void emu_warpgroup_sync() { emu_arrive_and_wait(g_block->warpgroups[threadIdx.x / 128]); }
 inline float emu_descriptor_element(unsigned long long desc, bool mn_major, int mn, int k, float (*element)(unsigned short))
 {
     const size_t start = (size_t)(desc & 0x3FFF) << 4, leading = (size_t)((desc >> 16) & 0x3FFF) << 4, stride = (size_t)((desc >> 32) & 0x3FFF) << 4;
@@ -634,8 +805,8 @@ inline void emu_wgmma(float* d, int N, const unsigned* a, unsigned long long ade
 // met at the issue, and the queued products run when a wgmma.wait_group retires their group, as late as the hardware may run
 // them (a stage handed back before the wait shows as a wrong sum). Groups are each thread's own, as on the hardware.
 struct EmuPendingMma { float* d; int N; unsigned long long a, b; bool ta, tb, acc; float (*el)(unsigned short); };
-inline thread_local std::vector<EmuPendingMma> emu_mma_open;
-inline thread_local std::vector<std::vector<EmuPendingMma>> emu_mma_groups;
+inline std::vector<EmuPendingMma> emu_mma_open;
+inline std::vector<std::vector<EmuPendingMma>> emu_mma_groups;
 inline void emu_wgmma_defer(float* d, int N, unsigned long long a, bool ta, unsigned long long b, bool tb, bool acc, float (*el)(unsigned short))
 { emu_warpgroup_sync(); emu_mma_open.push_back({d, N, a, b, ta, tb, acc, el}); }
 inline void emu_wgmma_commit() { emu_mma_groups.push_back(std::move(emu_mma_open)); emu_mma_open.clear(); }
@@ -646,4 +817,35 @@ inline void emu_wgmma_wait(int n)
         for (auto& m : emu_mma_groups.front()) emu_wgmma(m.d, m.N, nullptr, m.a, m.ta, m.b, m.tb, m.acc, m.el);
         emu_mma_groups.erase(emu_mma_groups.begin());
     }
+}
+
+// ---- each emulated thread's own copy of the variables above that CUDA makes per thread (or per CTA, for a cluster's)
+struct EmuFiberLocals
+{
+    dim3 thread_idx, block_idx;
+    EmuBlock* block = nullptr;
+    EmuCluster* cluster = nullptr;
+    unsigned char* cta_shared = nullptr;
+    unsigned cluster_rank = 0;
+    std::optional<unsigned long long> cluster_token;
+    std::vector<EmuPendingStore> open_group;
+    std::vector<std::vector<EmuPendingStore>> bulk_groups;
+    std::vector<EmuPendingMma> mma_open;
+    std::vector<std::vector<EmuPendingMma>> mma_groups;
+};
+inline EmuFiberLocals* emu_new_locals() { return new EmuFiberLocals(); }
+inline void emu_delete_locals(EmuFiberLocals* locals) { delete locals; }
+inline void emu_swap_locals(EmuFiberLocals* l)
+{
+    std::swap(threadIdx, l->thread_idx);
+    std::swap(blockIdx, l->block_idx);
+    std::swap(g_block, l->block);
+    std::swap(g_cluster, l->cluster);
+    std::swap(emu_cta_shared, l->cta_shared);
+    std::swap(g_cluster_rank, l->cluster_rank);
+    std::swap(g_cluster_token, l->cluster_token);
+    std::swap(emu_open_group, l->open_group);
+    std::swap(emu_bulk_groups, l->bulk_groups);
+    std::swap(emu_mma_open, l->mma_open);
+    std::swap(emu_mma_groups, l->mma_groups);
 }
