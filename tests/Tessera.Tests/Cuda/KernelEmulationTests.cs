@@ -598,8 +598,9 @@ public sealed class KernelEmulationTests
     /// it (<c>flash_decode_out_bf16_d64</c> and <c>_d128</c>): y += Wo o + bias against the double reference with o rounded to
     /// bf16 (8e-3), at 1, 3, 4 and 8 query heads a kv head, a window, segments whose last is short or empty, clusters of 1 to
     /// 5 CTAs splitting the keys, a rank without keys; the weights staged before or after the wait give the same bits, the
-    /// rows' padding stays, the counters are left zero. (The emulation keeps a CTA's shared memory until its whole cluster
-    /// ends, so it cannot see a missing last cluster wait; that rests on the kernel's reading and the GPU tests.)
+    /// rows' padding stays, the counters are left zero. The emulation runs each CTA of a cluster as far ahead of the others
+    /// as the kernel lets it and aborts when a CTA reads a peer's shared memory after that peer has left, so deleting the
+    /// kernel's last cluster wait fails it (checked by hand).
     /// </summary>
     [Fact]
     public void SplitDecodeKernelGivesTheReferenceResultsOnTheCpuEmulation() =>

@@ -98,6 +98,7 @@ struct EmuFiber
     std::function<void()> body;
     EmuFiberLocals* locals = nullptr;
     bool done = false;
+    bool polled = false;   // it last gave way polling (an mbarrier), not at a barrier or its end
     const unsigned long long* wait_on = nullptr;   // blocked while *wait_on == wait_while
     unsigned long long wait_while = 0;
 };
@@ -130,6 +131,12 @@ inline void emu_yield()
 #else
     swapcontext(&emu_self->context, &emu_scheduler_context);
 #endif
+}
+// Back to the scheduler from a poll: the fiber stays runnable, but its turn did not count as progress.
+inline void emu_poll_yield()
+{
+    if (emu_self) emu_self->polled = true;
+    emu_yield();
 }
 inline void emu_fiber_entry()
 {
@@ -167,11 +174,15 @@ inline void emu_resume(EmuFiber& f)
     swapcontext(&emu_scheduler_context, &f.context);
 #endif
 }
-// Runs thread(t) for t < count, each on a fiber of its own, until all return. The scheduler walks the fibers in turn, forward
-// and backward on alternate passes, and resumes each that is not waiting; a pass that finds every unfinished fiber waiting
-// on a barrier no fiber can complete is a deadlock, which aborts.
-template <typename F> void emu_run_threads(unsigned count, F thread)
+// Runs thread(t) for t < count, each on a fiber of its own, until all return. The threads come in groups of `group` (a
+// cluster's CTAs; by default one group). A pass takes the groups in turn, forward and backward on alternate passes, and runs
+// each group as far as it goes alone: its fibers in turn, again and again, until none of them can go on but by polling.
+// So one CTA of a cluster runs ahead of the others wherever the kernel lets it, up to its end, as a CTA may on the GPU. A
+// pass in which every unfinished fiber waits on a barrier no fiber can complete is a deadlock, which aborts.
+template <typename F> void emu_run_threads(unsigned count, F thread, unsigned group = 0)
 {
+    if (group == 0 || group > count) group = count;
+    const unsigned groups = (count + group - 1) / group;
     std::vector<EmuFiber> fibers(count);
     for (unsigned t = 0; t < count; t++)
     {
@@ -184,18 +195,28 @@ template <typename F> void emu_run_threads(unsigned count, F thread)
     for (bool forward = true; left > 0; forward = !forward)
     {
         bool ran = false;
-        for (unsigned k = 0; k < count; k++)
+        for (unsigned gi = 0; gi < groups; gi++)
         {
-            EmuFiber& f = fibers[forward ? k : count - 1 - k];
-            if (f.done || (f.wait_on && *f.wait_on == f.wait_while)) continue;
-            ran = true;
-            f.wait_on = nullptr;
-            emu_self = &f;
-            emu_swap_locals(f.locals);
-            emu_resume(f);
-            emu_swap_locals(f.locals);
-            emu_self = nullptr;
-            if (f.done) left--;
+            const unsigned lo = (forward ? gi : groups - 1 - gi) * group, hi = std::min(count, lo + group);
+            for (bool progressed = true; progressed;)
+            {
+                progressed = false;
+                for (unsigned k = lo; k < hi; k++)
+                {
+                    EmuFiber& f = fibers[forward ? k : hi - 1 - (k - lo)];
+                    if (f.done || (f.wait_on && *f.wait_on == f.wait_while)) continue;
+                    ran = true;
+                    f.wait_on = nullptr;
+                    f.polled = false;
+                    emu_self = &f;
+                    emu_swap_locals(f.locals);
+                    emu_resume(f);
+                    emu_swap_locals(f.locals);
+                    emu_self = nullptr;
+                    if (!f.polled) progressed = true;
+                    if (f.done) left--;
+                }
+            }
         }
         if (!ran) { std::fprintf(stderr, "emulation: deadlock: %zu of %u threads wait at barriers that the others never reach\n", left, count); std::abort(); }
     }
@@ -321,11 +342,22 @@ struct EmuCluster
 {
     std::vector<EmuBlock> blocks;
     EmuThreadBarrier barrier;   // every thread of every CTA of the cluster
+    std::vector<unsigned> finished;   // each CTA's threads that have returned: all of them, and the CTA has left
 };
 inline EmuCluster* g_cluster;
 inline unsigned char* emu_cta_shared = nullptr;   // in a cluster: the CTA's own memory as its dynamic shared memory
 inline unsigned g_cluster_rank;
 inline std::optional<unsigned long long> g_cluster_token;
+// A CTA's shared memory is gone once the CTA has left: reading it, copying or arriving into it then is what a missing
+// cluster wait allows, and aborts.
+inline void emu_cluster_peer_present(unsigned rank, const char* what)
+{
+    if (g_cluster->finished[rank] == blockDim.x)
+    {
+        std::fprintf(stderr, "emulation: CTA %u of the cluster %s CTA %u's shared memory after that CTA left (a cluster wait missing?)\n", g_cluster_rank, what, rank);
+        std::abort();
+    }
+}
 inline unsigned emu_cluster_rank() { return g_cluster_rank; }
 inline unsigned emu_cluster_ctas() { return (unsigned)g_cluster->blocks.size(); }
 inline void emu_cluster_arrive() { g_cluster_token.emplace(emu_arrive(g_cluster->barrier)); }
@@ -339,6 +371,7 @@ inline float* emu_block_shared_floats(int n)
 // The two floats at `local`'s offset in CTA `rank`'s shared floats.
 inline void emu_cluster_load2(const float* local, unsigned rank, float& a, float& b)
 {
+    emu_cluster_peer_present(rank, "read");
     const size_t at = (size_t)(local - emu_own_shared(*g_block));
     const float* remote = emu_own_shared(g_cluster->blocks[rank]) + at;
     a = remote[0]; b = remote[1];
@@ -346,6 +379,7 @@ inline void emu_cluster_load2(const float* local, unsigned rank, float& a, float
 // The 64-bit word at `local`'s offset in CTA `rank`'s shared memory (a shared::cluster load).
 inline unsigned long long emu_cluster_load_u64(const unsigned long long* local, unsigned rank)
 {
+    emu_cluster_peer_present(rank, "read");
     const size_t at = (size_t)((const unsigned char*)local - (const unsigned char*)emu_own_shared(*g_block));
     unsigned long long v;
     std::memcpy(&v, (const unsigned char*)emu_own_shared(g_cluster->blocks[rank]) + at, 8);
@@ -364,6 +398,7 @@ template <typename F> void emu_launch_cluster(dim3 grid, unsigned ctas, unsigned
             cluster.blocks.resize(ctas);
             for (auto& eb : cluster.blocks) { emu_init_block(eb, block); emu_own_shared(eb); }
             cluster.barrier.expected = ctas * block;
+            cluster.finished.assign(ctas, 0);
             emu_run_threads(ctas * block, [&](unsigned i)
             {
                 const unsigned r = i / block, t = i % block;
@@ -371,7 +406,8 @@ template <typename F> void emu_launch_cluster(dim3 grid, unsigned ctas, unsigned
                 emu_cta_shared = (unsigned char*)emu_own_shared(*g_block);
                 threadIdx.x = t; blockIdx.x = c * ctas + r; blockIdx.y = cy; blockIdx.z = cz;
                 kernel();
-            });
+                cluster.finished[r]++;
+            }, block);
         }
 }
 template <typename F> void emu_launch_cluster(unsigned grid, unsigned ctas, unsigned block, F kernel) { emu_launch_cluster(dim3{grid, 1, 1}, ctas, block, kernel); }
@@ -519,6 +555,7 @@ inline unsigned char* emu_cta_memory(unsigned rank)
         return emu_shared();
     }
     if (rank >= g_cluster->blocks.size()) { std::fprintf(stderr, "emulation: CTA %u of a cluster of %zu\n", rank, g_cluster->blocks.size()); std::abort(); }
+    emu_cluster_peer_present(rank, "named");
     return (unsigned char*)emu_own_shared(g_cluster->blocks[rank]);
 }
 // mbarrier.arrive.shared::cluster on the barrier at the same address in CTA `rank`.
@@ -546,7 +583,7 @@ inline void emu_mbar_wait(unsigned bar, unsigned parity)
             std::fprintf(stderr, "mbarrier at %u: phase %u never completed (a copy or an arrival missing)\n", bar, parity);
             std::abort();
         }
-        emu_yield();
+        emu_poll_yield();
     }
 }
 // The emulation's tensor map (written by emu_tensor_map_2d into a TensorMap's 128 bytes): a 2-D row-major tensor of
