@@ -666,7 +666,49 @@ public sealed class KernelEmulationTests
         RunEmulatedAndInspect(kernelFiles, program, checks, null, defines);
 
     /// <summary><see cref="RunEmulated"/>, then <paramref name="inspect"/> on the folder the program ran in (the files it wrote), before the folder is deleted.</summary>
-    private static void RunEmulatedAndInspect(string[] kernelFiles, string program, string[] checks, Action<string>? inspect, params string[] defines)
+    private static void RunEmulatedAndInspect(string[] kernelFiles, string program, string[] checks, Action<string>? inspect, params string[] defines) =>
+        WithEmulatedProgram(kernelFiles, program, defines, (executable, folder) =>
+        {
+            var (failures, output) = Run(executable, folder);
+            Assert.True(failures == 0, $"{failures} emulated kernel checks failed:\n{output}");
+            foreach (var check in checks)
+                Assert.Contains(check, output);
+            TestContext.Current.TestOutputHelper?.WriteLine(output);
+            inspect?.Invoke(folder);
+        });
+
+    /// <summary>
+    /// The emulation's own checks (Emulation/emulation_selfcheck.cpp), which every kernel check above leans on: threads meet at
+    /// block barriers and shuffles and keep their indices across the fiber switches; a cluster's CTAs read each other's shared
+    /// memory between cluster barriers; a read across warps without the block barrier sees the value from before the write;
+    /// and, each in a run of its own, a barrier one thread never reaches and a read of a cluster peer's shared memory after
+    /// that peer has left end the program with their messages, where the first would otherwise hang and the second pass.
+    /// </summary>
+    [Fact]
+    public void TheEmulationCatchesADeadlockAndACtaThatLeavesItsClusterEarly() =>
+        WithEmulatedProgram([], "emulation_selfcheck", [], (executable, folder) =>
+        {
+            var (failures, output) = Run(executable, folder);
+            Assert.True(failures == 0, $"{failures} emulation checks failed:\n{output}");
+            foreach (var check in new[] { "shuffles and block barriers ok", "thread and block indices across switches ok",
+                         "cluster loads between cluster barriers ok", "a read across warps without the block barrier sees a stale value ok", "all ok" })
+                Assert.Contains(check, output);
+
+            var (deadlockExit, deadlock) = Run(executable, folder, "deadlock");
+            Assert.NotEqual(0, deadlockExit);
+            Assert.Contains("emulation: deadlock: 63 of 64 threads wait at barriers that the others never reach", deadlock);
+            Assert.DoesNotContain("not caught", deadlock);
+
+            var (leaveExit, leave) = Run(executable, folder, "early-leave");
+            Assert.NotEqual(0, leaveExit);
+            Assert.Contains("read CTA 1's shared memory after that CTA left", leave);
+            Assert.DoesNotContain("not caught", leave);
+        });
+
+    /// <summary>Compiles common.cuh and <paramref name="kernelFiles"/> with Emulation/<paramref name="program"/>.cpp (and the
+    /// preprocessor <paramref name="defines"/>) in a folder of its own, then hands <paramref name="use"/> the executable and the
+    /// folder, which is deleted after.</summary>
+    private static void WithEmulatedProgram(string[] kernelFiles, string program, string[] defines, Action<string, string> use)
     {
         var compiler = FindCompiler();
         if (compiler is null) Assert.Skip("no g++ or clang++ on PATH: the kernel emulation needs a C++20 compiler (apt-get install g++)");
@@ -685,12 +727,7 @@ public sealed class KernelEmulationTests
             var (built, buildOutput) = Run(compiler, dir.FullName,
                 [.. defines.Select(d => "-D" + d), "-std=c++20", "-O1", "-pthread", "-w", "-o", executable, program + ".cpp"]);
             Assert.True(built == 0, $"{compiler} could not build the emulated kernels (exit {built}):\n{Tail(buildOutput, 30)}");
-            var (failures, output) = Run(executable, dir.FullName);
-            Assert.True(failures == 0, $"{failures} emulated kernel checks failed:\n{output}");
-            foreach (var check in checks)
-                Assert.Contains(check, output);
-            TestContext.Current.TestOutputHelper?.WriteLine(output);
-            inspect?.Invoke(dir.FullName);
+            use(executable, dir.FullName);
         }
         finally
         {
